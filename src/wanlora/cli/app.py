@@ -1,0 +1,57 @@
+"""The `wanlora` Typer app, global options, and the one place errors become one line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from ..errors import WanloraError
+
+app = typer.Typer(
+    name="wanlora",
+    help="Train Wan 2.2 LoRAs with the AI_Characters recipe, start to finish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+inspect_app = typer.Typer(help="Show what a recipe or project will do.", no_args_is_help=True)
+app.add_typer(inspect_app, name="inspect")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _global_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More log output."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if (verbose or debug) else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "PIL", "matplotlib", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Entry point: run the app; a WanloraError is one red line and exit code 1."""
+    try:
+        app()
+    except WanloraError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        sys.exit(130)

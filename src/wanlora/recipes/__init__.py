@@ -1,0 +1,27 @@
+"""Recipes: presets as plain data, the typed config they fill, and a project's overrides."""
+
+from .presets import load_recipe, recipe_data, recipe_names
+from .project import (
+    PROJECT_FILE,
+    Project,
+    config_to_toml,
+    default_models_dir,
+    load_project,
+    merge_config,
+    project_toml,
+)
+from .schema import RecipeConfig
+
+__all__ = [
+    "PROJECT_FILE",
+    "Project",
+    "RecipeConfig",
+    "config_to_toml",
+    "default_models_dir",
+    "load_project",
+    "load_recipe",
+    "merge_config",
+    "project_toml",
+    "recipe_data",
+    "recipe_names",
+]

@@ -1,0 +1,185 @@
+"""The typed, validated config a recipe fills and a project's wanlora.toml overrides.
+
+Every field has the recipe's meaning; field names follow musubi-tuner's flags where one
+exists, so RECIPE.md and `wanlora export musubi` read the same.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MixedPrecision = Literal["fp16", "bf16", "no"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, not silently ignored settings."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectInfo(StrictModel):
+    name: str = Field(
+        "MyLora_v1", min_length=1, description="LoRA name used in file names and titles"
+    )
+    author: str = Field("anonymous", min_length=1, description="author in file names and metadata")
+    trigger: str | None = Field(
+        None, description="style/trigger phrase every caption must start with"
+    )
+
+    @field_validator("name", "author")
+    @classmethod
+    def _safe_for_file_names(cls, value: str) -> str:
+        bad = set('/\\:*?"<>|') | {"\0"}
+        if any(c in bad for c in value) or value.strip() != value or value in {".", ".."}:
+            raise ValueError('must be usable in a file name (no / \\ : * ? " < > | or edge spaces)')
+        return value
+
+
+class DatasetSettings(StrictModel):
+    directory: str = Field("dataset", description="image folder, relative to the project")
+    dataset_toml: str | None = Field(
+        None, description="a musubi-tuner dataset.toml to use instead of `directory`"
+    )
+    resolution: tuple[int, int] = (960, 960)
+    caption_extension: str = ".txt"
+    batch_size: int = Field(1, ge=1)
+    enable_bucket: bool = True
+    bucket_no_upscale: bool = False
+    num_repeats: int = Field(1, ge=1)
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_16(cls, value: tuple[int, int]) -> tuple[int, int]:
+        for side in value:
+            if side < 16 or side % 16:
+                raise ValueError(f"each side must be a positive multiple of 16 (got {side})")
+        return value
+
+
+class LoraSettings(StrictModel):
+    network_module: Literal["networks.lora_wan"] = "networks.lora_wan"
+    network_dim: int = Field(16, ge=1, le=1024)
+    network_alpha: float = Field(16.0, gt=0)
+    network_dropout: float | None = Field(None, ge=0, lt=1)
+
+
+class OptimizerSettings(StrictModel):
+    optimizer_type: Literal["AdamW"] = "AdamW"
+    learning_rate: float = Field(3e-4, gt=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(0.0, ge=0, description="0 disables clipping")
+
+
+class SchedulerSettings(StrictModel):
+    lr_scheduler: Literal["polynomial", "constant", "linear", "cosine"] = "polynomial"
+    lr_scheduler_power: float = Field(8.0, gt=0)
+    lr_scheduler_min_lr_ratio: float | None = Field(
+        5e-5,
+        ge=0,
+        le=1,
+        description="passed by the recipe but NOT applied by the reference's polynomial schedule",
+    )
+    lr_end: float = Field(
+        1e-7, ge=0, description="polynomial schedule's final lr (transformers' default)"
+    )
+    lr_warmup_steps: int = Field(0, ge=0)
+
+
+class TimestepSettings(StrictModel):
+    timestep_sampling: Literal["shift", "sigmoid", "uniform"] = "shift"
+    discrete_flow_shift: float = Field(1.0, gt=0)
+    sigmoid_scale: float = Field(1.0, gt=0)
+    preserve_distribution_shape: bool = True
+
+
+class TrainingSettings(StrictModel):
+    max_train_epochs: int = Field(100, ge=1)
+    save_every_n_epochs: int = Field(100, ge=1)
+    seed: int = 5
+    mixed_precision: MixedPrecision = "fp16"
+    fp8_base: bool = True
+    gradient_checkpointing: bool = True
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="xformers in the reference; SDPA is numerically equivalent"
+    )
+    max_data_loader_n_workers: int = Field(2, ge=0)
+    save_state_every_n_steps: int = Field(100, ge=1, description="resume points (ours)")
+
+
+class ModelSettings(StrictModel):
+    dir: str | None = Field(
+        None,
+        description="shared models folder; default $WANLORA_MODELS_DIR or ~/.cache/wanlora/models",
+    )
+    vae: str = Field("wan21-vae", description="registry id or path")
+    text_encoder: str = Field("umt5-xxl-enc-bf16", description="registry id or path")
+    tokenizer: str = Field("umt5-xxl-tokenizer", description="registry id or path to a folder")
+    vae_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+
+
+class ExpertSettings(StrictModel):
+    dit: str = Field(description="registry id or path of this expert's DiT file")
+    min_timestep: int = Field(0, ge=0, le=1000)
+    max_timestep: int = Field(1000, ge=0, le=1000)
+    output_name: str = Field(description="file stem; {name} and {author} are filled in")
+    metadata_title: str = "{output_name}"
+
+    @model_validator(mode="after")
+    def _range(self) -> ExpertSettings:
+        if self.min_timestep >= self.max_timestep:
+            raise ValueError(
+                f"min_timestep ({self.min_timestep}) must be below max_timestep ({self.max_timestep})"
+            )
+        return self
+
+
+class SampleSettings(StrictModel):
+    prompts: list[str] = Field(default_factory=list)
+    every_n_epochs: int | None = Field(None, ge=1, description="render samples during training")
+    steps: int = Field(30, ge=1)
+    width: int = Field(960, ge=16, multiple_of=16)
+    height: int = Field(960, ge=16, multiple_of=16)
+    seed: int = 42
+    guidance_scale: float = Field(3.5, ge=0)
+    shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
+
+
+class RecipeConfig(StrictModel):
+    """A complete training config: a recipe preset, plus a project's overrides."""
+
+    recipe: str
+    description: str = ""
+    task: Literal["t2v-A14B", "t2v-14B"]
+    boundary: float | None = Field(
+        None, gt=0, lt=1, description="expert switch point in t (0.875 for Wan 2.2 T2V A14B)"
+    )
+    project: ProjectInfo = Field(default_factory=ProjectInfo)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    optimizer: OptimizerSettings = Field(default_factory=OptimizerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    timesteps: TimestepSettings = Field(default_factory=TimestepSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+    experts: dict[str, ExpertSettings]
+
+    @model_validator(mode="after")
+    def _experts(self) -> RecipeConfig:
+        if not self.experts:
+            raise ValueError("a recipe needs at least one expert")
+        return self
+
+    def output_name(self, expert: str) -> str:
+        template = self.experts[expert].output_name
+        return template.format(name=self.project.name, author=self.project.author)
+
+    def metadata_title(self, expert: str) -> str:
+        return self.experts[expert].metadata_title.format(
+            output_name=self.output_name(expert), name=self.project.name, author=self.project.author
+        )

@@ -1,0 +1,16 @@
+"""Shared fixtures. Tests run on CPU with tiny random models; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_models_dir(tmp_path_factory, monkeypatch):
+    """Never touch the user's real ~/.cache/wanlora from a test."""
+    monkeypatch.setenv("WANLORA_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
