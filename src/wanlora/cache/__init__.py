@@ -1,0 +1,1 @@
+"""Latent and text-embedding caches with content-hash invalidation."""

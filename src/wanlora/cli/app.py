@@ -39,7 +39,7 @@ def _global_options(
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "httpcore", "urllib3", "PIL", "matplotlib", "filelock"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "PIL", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

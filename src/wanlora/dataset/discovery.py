@@ -1,6 +1,7 @@
 """Which files of a dataset folder are training images, as the reference trainer sees them.
 
-Files directly in the folder (not recursive) whose extension is png, jpg, jpeg, webp or bmp
+Files directly in the folder (not recursive, hidden files skipped like the reference's glob)
+whose extension is png, jpg, jpeg, webp or bmp
 in either case, sorted by path; a caption is the file with the image's stem plus the
 caption extension.
 """
@@ -19,7 +20,11 @@ def is_image_name(path: Path) -> bool:
 def find_images(directory: str | Path) -> list[Path]:
     """Image files directly in `directory`, sorted by path (directories named like images skipped)."""
     directory = Path(directory)
-    return sorted(p for p in directory.iterdir() if is_image_name(p) and p.is_file())
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if is_image_name(p) and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def caption_path(image: Path, caption_extension: str = ".txt") -> Path:

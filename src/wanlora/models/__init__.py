@@ -1,0 +1,51 @@
+"""Model files: the registry of downloads, and loaders for the files users actually have.
+
+Importing this package is light: the loaders (which import torch, diffusers and
+transformers) are imported on first use, so `wanlora.models.registry` works without them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_LAZY = {
+    "load_dit": "wanlora.models.dit",
+    "DitInfo": "wanlora.models.dit",
+    "load_vae": "wanlora.models.vae",
+    "encode_latents": "wanlora.models.vae",
+    "load_text_encoder": "wanlora.models.text_encoder",
+    "load_tokenizer": "wanlora.models.text_encoder",
+    "TextEncoder": "wanlora.models.text_encoder",
+    "identify_model_file": "wanlora.models.files",
+    "write_tiny_models": "wanlora.models.tiny",
+    "TinyModelPaths": "wanlora.models.tiny",
+}
+
+__all__ = [
+    "DitInfo",
+    "TextEncoder",
+    "TinyModelPaths",
+    "encode_latents",
+    "identify_model_file",
+    "load_dit",
+    "load_text_encoder",
+    "load_tokenizer",
+    "load_vae",
+    "write_tiny_models",
+]
+
+if TYPE_CHECKING:
+    from wanlora.models.dit import DitInfo, load_dit
+    from wanlora.models.files import identify_model_file
+    from wanlora.models.text_encoder import TextEncoder, load_text_encoder, load_tokenizer
+    from wanlora.models.tiny import TinyModelPaths, write_tiny_models
+    from wanlora.models.vae import encode_latents, load_vae
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'wanlora.models' has no attribute {name!r}")

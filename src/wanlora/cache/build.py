@@ -1,0 +1,206 @@
+"""`wanlora cache`: latents for every image and umT5 embeddings for every caption.
+
+Entries are keyed by content (see keys.py), so unchanged items are reused, changed images or
+captions are recomputed, and entries no item refers to any more are removed. The VAE and the
+text encoder are loaded only when something is missing, one at a time, and freed before
+returning, so the DiT (loaded next by training) never shares memory with them.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..dataset.images import load_bucketed_image
+from ..dataset.items import DatasetItem, load_items
+from ..errors import WanloraError
+from ..models.registry import resolve_model_path
+from ..recipes import Project
+from .keys import file_fingerprint, latent_key, sha256_file, text_key
+from .store import read_entry, write_entry
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+@dataclass
+class CacheEntry:
+    item: DatasetItem
+    latent_path: Path
+    text_path: Path
+
+
+@dataclass
+class CacheResult:
+    entries: list[CacheEntry]
+    latents_computed: int = 0
+    latents_reused: int = 0
+    texts_computed: int = 0
+    texts_reused: int = 0
+    removed: list[Path] = field(default_factory=list)
+
+
+def model_paths(project: Project) -> dict[str, Path]:
+    m = project.config.models
+    return {
+        kind: resolve_model_path(value, project.models_dir, project.root)
+        for kind, value in (
+            ("vae", m.vae),
+            ("text_encoder", m.text_encoder),
+            ("tokenizer", m.tokenizer),
+        )
+    }
+
+
+def _require(path: Path, what: str, project: Project) -> Path:
+    if not path.exists():
+        raise WanloraError(
+            f"{path}: {what} not found",
+            f"run `wanlora download {project.root}` or set its path in wanlora.toml [models]",
+        )
+    return path
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_cache(
+    project: Project,
+    *,
+    device: torch.device | None = None,
+    items: list[DatasetItem] | None = None,
+    progress: Progress | None = None,
+) -> CacheResult:
+    """Make sure every item has a verified latent and text embedding in project.cache_dir."""
+    device = device or default_device()
+    items = load_items(project) if items is None else items
+    paths = model_paths(project)
+    latents_dir = project.cache_dir / "latents"
+    texts_dir = project.cache_dir / "text"
+    vae_dtype = project.config.models.vae_dtype
+
+    vae_id = f"{file_fingerprint(_require(paths['vae'], 'VAE', project))}:{vae_dtype}"
+    enc_id = ":".join(
+        [
+            file_fingerprint(_require(paths["text_encoder"], "text encoder", project)),
+            file_fingerprint(_require(paths["tokenizer"], "tokenizer", project)),
+            "bf16",
+        ]
+    )
+    entries = [
+        CacheEntry(
+            item=item,
+            latent_path=latents_dir
+            / f"{latent_key(sha256_file(item.image_path), item.bucket, vae_id)}.safetensors",
+            text_path=texts_dir / f"{text_key(item.caption, enc_id)}.safetensors",
+        )
+        for item in items
+    ]
+    result = CacheResult(entries=entries)
+
+    missing_latents = [e for e in entries if read_entry(e.latent_path, "latents") is None]
+    result.latents_reused = len(entries) - len(missing_latents)
+    if missing_latents:
+        _encode_latents(missing_latents, paths["vae"], DTYPES[vae_dtype], device, progress)
+        result.latents_computed = len(missing_latents)
+
+    # identical captions share one entry
+    missing_texts: dict[Path, str] = {}
+    for e in entries:
+        if e.text_path not in missing_texts and read_entry(e.text_path, "context") is None:
+            missing_texts[e.text_path] = e.item.caption
+    result.texts_reused = len({e.text_path for e in entries}) - len(missing_texts)
+    if missing_texts:
+        _encode_texts(missing_texts, paths["text_encoder"], paths["tokenizer"], device, progress)
+        result.texts_computed = len(missing_texts)
+
+    result.removed = _remove_stale(entries, latents_dir, texts_dir)
+    return result
+
+
+def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
+    from ..models import encode_latents, load_vae
+
+    log.info("encoding %d image(s) with the VAE", len(entries))
+    vae = load_vae(vae_path, dtype=dtype, device=device)
+    try:
+        for i, e in enumerate(entries):
+            pixels = load_bucketed_image(e.item.image_path, e.item.bucket)
+            with torch.no_grad():
+                latents = encode_latents(vae, pixels)[0]
+            write_entry(
+                e.latent_path,
+                "latents",
+                latents,
+                {
+                    "image": e.item.image_path.name,
+                    "bucket": f"{e.item.bucket[0]}x{e.item.bucket[1]}",
+                },
+            )
+            if progress:
+                progress("latents", i + 1, len(entries))
+    finally:
+        del vae
+        _free(device)
+
+
+def _encode_texts(missing: dict[Path, str], encoder_path, tokenizer_path, device, progress) -> None:
+    from ..models import load_text_encoder, load_tokenizer
+
+    log.info("encoding %d caption(s) with umT5", len(missing))
+    encoder = load_text_encoder(
+        encoder_path, load_tokenizer(tokenizer_path), dtype=torch.bfloat16, device=device
+    )
+    try:
+        for i, (path, caption) in enumerate(missing.items()):
+            with torch.no_grad():
+                context = encoder.encode([caption])[0]
+            write_entry(path, "context", context.to(torch.bfloat16), {"caption": caption[:200]})
+            if progress:
+                progress("text", i + 1, len(missing))
+    finally:
+        del encoder
+        _free(device)
+
+
+def _remove_stale(entries: list[CacheEntry], *dirs: Path) -> list[Path]:
+    """Delete cache files no current item uses (only our own *.safetensors in cache/)."""
+    live = {e.latent_path for e in entries} | {e.text_path for e in entries}
+    removed = []
+    for directory in dirs:
+        if not directory.is_dir():
+            continue
+        for path in directory.glob("*.safetensors"):
+            if path not in live:
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def load_cached_tensors(entries: list[CacheEntry]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(latents, context) per entry, verified; a bad entry here means the cache changed under us."""
+    tensors = []
+    for e in entries:
+        latents = read_entry(e.latent_path, "latents")
+        context = read_entry(e.text_path, "context")
+        if latents is None or context is None:
+            raise WanloraError(
+                f"{e.latent_path.parent.parent}: cache entry for {e.item.image_path.name} is missing or corrupt",
+                "run the command again; the cache is rebuilt automatically",
+            )
+        tensors.append((latents, context))
+    return tensors

@@ -1,0 +1,95 @@
+"""`wanlora cache`, `wanlora train` and `wanlora demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ..recipes import load_project
+from .app import app, console
+
+
+def _device(name: str | None):
+    import torch
+
+    from ..cache.build import default_device
+
+    return torch.device(name) if name else default_device()
+
+
+@app.command()
+def cache(
+    directory: Path = typer.Argument(Path("."), help="Project folder."),
+    device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+) -> None:
+    """Compute (or reuse) latents and text embeddings for every image and caption."""
+    from ..cache.build import build_cache
+
+    project = load_project(directory)
+    result = build_cache(project, device=_device(device))
+    console.print(
+        f"cache: latents {result.latents_computed} computed, {result.latents_reused} reused; "
+        f"text {result.texts_computed} computed, {result.texts_reused} reused; "
+        f"{len(result.removed)} stale removed -> {project.cache_dir}"
+    )
+
+
+@app.command()
+def train(
+    directory: Path = typer.Argument(Path("."), help="Project folder."),
+    expert: list[str] = typer.Option(
+        None, "--expert", "-e", help="Train only this expert (high, low)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing LoRA files."),
+    restart: bool = typer.Option(
+        False, "--restart", help="Ignore saved state; train from scratch."
+    ),
+    device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+) -> None:
+    """Check the dataset, (re)build caches, then train each expert's LoRA."""
+    project = load_project(directory)
+    _train_with_progress(
+        project,
+        experts=expert or None,
+        device=_device(device),
+        overwrite=overwrite,
+        restart=restart,
+    )
+
+
+def _train_with_progress(project, **kwargs):
+    from ..train.run import run_training
+    from .progress import TrainingProgress
+
+    with TrainingProgress(console) as progress:
+        results = run_training(project, on_step=progress, **kwargs)
+    for r in results:
+        verb = "already trained" if r.skipped else f"trained {r.steps} steps"
+        console.print(f"{r.expert}: {verb} -> {r.lora_path}")
+    return results
+
+
+@app.command()
+def demo(
+    directory: Path = typer.Argument(Path("wanlora-demo"), help="Folder for the demo project."),
+    epochs: int = typer.Option(3, help="Epochs per expert (18 steps each)."),
+) -> None:
+    """The whole pipeline on tiny built-in models: CPU, no downloads, about a minute."""
+    import torch
+
+    from ..demo import create_demo_project
+    from ..train.run import describe_lora
+
+    project = create_demo_project(directory, epochs=epochs)
+    console.print(f"[green]demo project[/] {project.root} (tiny models, 18 generated images)")
+    results = _train_with_progress(
+        project, device=torch.device("cpu"), overwrite=True, restart=True
+    )
+    console.print("\n[bold]Your two LoRAs:[/]")
+    for result in results:
+        console.print(describe_lora(result.lora_path))
+    console.print(
+        f"\nTry next: wanlora check {project.root} | wanlora inspect config {project.root} | "
+        f"wanlora train {project.root} --overwrite"
+    )

@@ -1,0 +1,327 @@
+"""`wanlora doctor`: can a training run start on this machine (for this project)?
+
+Each check is one line with a verdict: ok, warn (a run can start but something is off) or
+FAIL (a run cannot start; the line says what to do). `DoctorReport.ok` is True only when no
+line is FAIL.
+
+Rules, stated once here:
+- Model files: a registry file must exist and be at least TRUNCATED_RATIO of the registry's
+  approximate size (smaller means an interrupted or damaged download); a tokenizer folder
+  must hold each of its files; a path that is not a registry id only has to exist.
+- GPU memory: `estimate_vram_bytes` (an estimate, not a measurement; see its docstring)
+  against the GPU's free memory: below it FAIL, below ESTIMATE_HEADROOM x it warn.
+- No GPU: a run can start on CPU only when every DiT file is under CPU_MAX_DIT_BYTES (the
+  tiny demo models); it is slow but works. Real 14B experts on CPU: FAIL "no GPU".
+  Without a project, no GPU is a warning (nothing to judge it against).
+- Disk: the models folder's disk must hold what is still to download; the project's disk
+  must hold PROJECT_DISK_PER_EXPERT per expert (caches, LoRAs, resume states).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import platform
+import shutil
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from .models.download import ModelRef, free_disk_bytes, human_bytes, referenced_models
+from .models.registry import MODEL_FILES, resolve_model_path
+from .recipes.project import PROJECT_FILE, Project
+from .recipes.schema import RecipeConfig
+
+GB = 1000**3
+TRUNCATED_RATIO = 0.9
+CPU_MAX_DIT_BYTES = 1 * GB
+ESTIMATE_HEADROOM = 1.15
+PROJECT_DISK_PER_EXPERT = 3 * GB  # text/latent caches + LoRA (~150 MB) + resume state (~1 GB)
+LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "huggingface-hub")
+DIST_NAME = "wan22-loratrain"
+
+Status = Literal["ok", "warn", "FAIL"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class DoctorReport:
+    project: str | None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "FAIL" for c in self.checks)
+
+    def add(self, name: str, status: Status, detail: str, fix: str = "") -> None:
+        self.checks.append(Check(name, status, detail, fix))
+
+    def to_dict(self) -> dict:
+        return {"project": self.project, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def run_doctor(project: Project | None) -> DoctorReport:
+    """Run every check for this machine, and for `project` when one is given."""
+    report = DoctorReport(project=str(project.root) if project else None)
+    _check_python(report)
+    _check_libraries(report)
+    _check_attention(report, project.config if project else None)
+    if project is None:
+        _check_gpu(report, need=None, dit_bytes=[])
+        return report
+    _check_models(report, project)
+    dits = _dit_sizes(project)
+    biggest = max(dits, key=lambda d: d[1], default=None)
+    need = estimate_vram_bytes(project.config, dit_params(*biggest)) if biggest else None
+    _check_gpu(report, need, [size for _, size in dits])
+    _check_disk(report, project)
+    return report
+
+
+def dit_params(path: Path, size: int) -> float:
+    """Parameter count of a DiT file from its size: 1 byte each if the name says fp8, else 2."""
+    name = path.name.lower()
+    return size if any(t in name for t in ("fp8", "e4m3", "e5m2")) else size / 2
+
+
+def estimate_vram_bytes(config: RecipeConfig, params: float) -> int:
+    """Rough peak GPU memory (bytes) to train one expert; an estimate, not a measurement.
+
+    The experts train one after the other, so the peak is one DiT:
+    - weights: parameter count (see `dit_params`) times the bytes each weight takes on the GPU (1 with fp8_base, else 2, or 4 with no mixed precision);
+    - activations: ~6 GB for a 14B DiT at 960x960, batch 1, with gradient checkpointing,
+      scaled by pixels x batch size and by model size; x4 without checkpointing;
+    - LoRA weights, gradients and AdamW state: 16 bytes per LoRA parameter (about 5 M
+      parameters per unit of rank for a 14B DiT, scaled by model size);
+    - 1.5 GB for the CUDA context and allocator slack.
+    The caching phase (umT5 encoder, ~11 GB in bf16) happens before and peaks lower.
+    Example: Wan 2.2 recipe (14B, fp8 base, rank 16) -> about 23 GB.
+    """
+    training = config.training
+    stored = 1 if training.fp8_base else (4 if training.mixed_precision == "no" else 2)
+    scale = params / 14e9
+    width, height = config.dataset.resolution
+    activations = 6 * GB * scale * (width * height / 960**2) * config.dataset.batch_size
+    if not training.gradient_checkpointing:
+        activations *= 4
+    lora = 16 * 5e6 * config.lora.network_dim * scale
+    return int(params * stored + activations + lora + 1.5 * GB)
+
+
+# --- the checks -------------------------------------------------------------------------
+
+
+def _check_python(report: DoctorReport) -> None:
+    # the package itself requires 3.10+, so reaching this line means the version is fine
+    report.add("python", "ok", f"{platform.python_version()} ({sys.executable})")
+
+
+def _check_libraries(report: DoctorReport) -> None:
+    wanted = _declared_requirements()
+    for name in LIBRARIES:
+        try:
+            have = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            report.add(name, "FAIL", "not installed", f"pip install '{wanted.get(name, name)}'")
+            continue
+        req = wanted.get(name)
+        if req is not None and not req.specifier.contains(Version(have), prereleases=True):
+            report.add(name, "FAIL", f"{have} (need {req.specifier})", f"pip install '{req}'")
+        else:
+            report.add(name, "ok", have)
+    import torch
+
+    cuda = torch.version.cuda
+    if cuda:
+        report.add("torch CUDA build", "ok", f"CUDA {cuda}")
+    elif shutil.which("nvidia-smi"):
+        report.add(
+            "torch CUDA build",
+            "FAIL",
+            "torch is a CPU-only build but this machine has an NVIDIA GPU",
+            "install a CUDA build: pip install torch --index-url https://download.pytorch.org/whl/cu128",
+        )
+    else:
+        report.add("torch CUDA build", "warn", "CPU-only torch build")
+
+
+def _declared_requirements() -> dict[str, Requirement]:
+    """Our own pyproject's version ranges, from the installed package's metadata."""
+    try:
+        lines = importlib.metadata.requires(DIST_NAME) or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    reqs = [Requirement(line) for line in lines]
+    return {r.name.lower(): r for r in reqs if r.marker is None}
+
+
+def _check_attention(report: DoctorReport, config: RecipeConfig | None) -> None:
+    import torch.nn.functional as F
+
+    found = ["sdpa"] if hasattr(F, "scaled_dot_product_attention") else []
+    found += [name for name in ("flash_attn", "xformers") if importlib.util.find_spec(name)]
+    wanted = config.training.attention if config else "sdpa"
+    if wanted in found:
+        report.add("attention", "ok", f"available: {', '.join(found)}; recipe uses {wanted}")
+    else:
+        report.add(
+            "attention",
+            "FAIL",
+            f"the config asks for {wanted}, which is not installed (available: {', '.join(found)})",
+            f'pip install {wanted}, or set training.attention = "sdpa" in {PROJECT_FILE}',
+        )
+
+
+def _dit_sizes(project: Project) -> list[tuple[Path, int]]:
+    """(path, bytes) of each expert's DiT: the file's size, or the registry's if not there yet."""
+    sizes = []
+    for ref in referenced_models(project.config):
+        if ref.kind != "dit":
+            continue
+        path = resolve_model_path(ref.value, project.models_dir, project.root)
+        model = MODEL_FILES.get(ref.value)
+        if path.is_file():
+            sizes.append((path, path.stat().st_size))
+        elif model is not None:
+            sizes.append((path, model.approx_bytes))
+    return sizes
+
+
+def _check_models(report: DoctorReport, project: Project) -> None:
+    """One line per referenced model: present, the right size, or what to do."""
+    models_dir = project.models_dir
+    for ref in referenced_models(project.config):
+        path = resolve_model_path(ref.value, models_dir, project.root)
+        name = ref.key
+        model = MODEL_FILES.get(ref.value)
+        if model is None:
+            if path.exists():
+                report.add(name, "ok", f"{path} ({_size_text(path)})")
+            else:
+                report.add(
+                    name,
+                    "FAIL",
+                    f"{path} does not exist",
+                    f"fix {ref.key} in {project.root / PROJECT_FILE}",
+                )
+            continue
+        download = f"run: wanlora download {project.root} --only {_only_token(ref)}"
+        if model.is_folder:
+            missing = [f for f in model.files if not (path / f).is_file()]
+            if missing:
+                report.add(name, "FAIL", f"{path}: missing {', '.join(missing)}", download)
+            else:
+                report.add(name, "ok", f"{path}")
+            continue
+        if not path.is_file():
+            partial = any(path.parent.glob(f"{path.name}.*.incomplete"))
+            what = "partly downloaded" if partial else "not downloaded"
+            report.add(name, "FAIL", f"{model.id}: {what} ({path})", download)
+            continue
+        size = path.stat().st_size
+        if size < TRUNCATED_RATIO * model.approx_bytes:
+            report.add(
+                name,
+                "FAIL",
+                f"{path} is {human_bytes(size)}, expected about {human_bytes(model.approx_bytes)}"
+                " (truncated download?)",
+                f"delete it and {download}",
+            )
+            continue
+        report.add(name, "ok", f"{model.id} ({human_bytes(size)})")
+
+
+def _only_token(ref: ModelRef) -> str:
+    return ref.expert if ref.expert else ref.kind
+
+
+def _check_gpu(report: DoctorReport, need: int | None, dit_bytes: list[int]) -> None:
+    import torch
+
+    need_text = f"~{human_bytes(need)} estimated" if need else "unknown need"
+    if not torch.cuda.is_available():
+        if need is None:
+            report.add("GPU", "warn", "no GPU: only the tiny demo models train on CPU")
+        elif max(dit_bytes) < CPU_MAX_DIT_BYTES:
+            report.add("GPU", "warn", "no GPU: these small models train on CPU (slowly)")
+        else:
+            report.add(
+                "GPU",
+                "FAIL",
+                f"no GPU; these DiT files need a CUDA GPU ({need_text} memory)",
+                "run on a machine with an NVIDIA GPU (the recipe uses an 80 GB H100)",
+            )
+        return
+    free, total = torch.cuda.mem_get_info()
+    gpu = f"{torch.cuda.get_device_name(0)}: {human_bytes(free)} free of {human_bytes(total)}"
+    count = torch.cuda.device_count()
+    if count > 1:
+        gpu += f" (GPU 0 of {count})"
+    if need is None:
+        report.add("GPU", "ok", gpu)
+    elif free < need:
+        report.add(
+            "GPU",
+            "FAIL",
+            f"{gpu}; a run needs {need_text}",
+            "use a bigger GPU, free GPU memory (other processes?), or keep fp8_base = true",
+        )
+    elif free < ESTIMATE_HEADROOM * need:
+        report.add("GPU", "warn", f"{gpu}; {need_text} -- tight, may run out of memory")
+    else:
+        report.add("GPU", "ok", f"{gpu}; {need_text}")
+
+
+def _check_disk(report: DoctorReport, project: Project) -> None:
+    models_dir = project.models_dir
+    to_download = 0
+    for ref in referenced_models(project.config):
+        model = MODEL_FILES.get(ref.value)
+        if model is not None and not model.local_path(models_dir).exists():
+            to_download += model.approx_bytes
+    free = free_disk_bytes(models_dir)
+    detail = f"{models_dir}: {human_bytes(free)} free, {human_bytes(to_download)} still to download"
+    if free < to_download:
+        report.add(
+            "disk (models)",
+            "FAIL",
+            detail,
+            f"free space, or set models.dir in {PROJECT_FILE} (or WANLORA_MODELS_DIR) to a bigger disk",
+        )
+    else:
+        report.add("disk (models)", "ok", detail)
+    need = PROJECT_DISK_PER_EXPERT * len(project.config.experts)
+    what = "caches and outputs"
+    if to_download and _device(models_dir) == _device(project.root):  # one disk for both
+        need += to_download
+        what += " plus the downloads"
+    free = free_disk_bytes(project.root)
+    detail = f"{project.root}: {human_bytes(free)} free, ~{human_bytes(need)} needed for {what}"
+    if free < need:
+        report.add(
+            "disk (project)", "FAIL", detail, "free space or move the project to a bigger disk"
+        )
+    else:
+        report.add("disk (project)", "ok", detail)
+
+
+def _device(path: Path) -> int:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path.stat().st_dev
+
+
+def _size_text(path: Path) -> str:
+    return human_bytes(path.stat().st_size) if path.is_file() else "folder"

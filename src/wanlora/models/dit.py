@@ -1,0 +1,376 @@
+"""Load a Wan DiT file in the original Wan key layout into diffusers' WanTransformer3DModel.
+
+The files users download (ComfyUI repackaged Wan 2.2 / 2.1 .safetensors) keep the key names
+of the original Wan code (`blocks.0.self_attn.q.weight`, sometimes behind a
+`model.diffusion_model.` prefix). The architecture is read off the tensor shapes, so the
+14B experts, the 1.3B and 5B models and the tiny test files all take the same path.
+
+Every Wan DiT uses attention heads of 128 channels, so heads = dim // 128
+(14B: 5120 -> 40 heads, 5B: 3072 -> 24, 1.3B: 1536 -> 12, the tiny test model: 256 -> 2).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors import safe_open
+from torch import nn
+
+from wanlora.errors import WanloraError
+from wanlora.models.assign import assign_parameter, build_on_meta, check_fully_loaded
+from wanlora.models.files import read_safetensors_header, require_kind, strip_comfy_prefix
+
+WAN_HEAD_DIM = 128
+
+# Original Wan module -> diffusers module, outside the transformer blocks.
+TOP_LEVEL_MODULES = {
+    "patch_embedding": "patch_embedding",
+    "text_embedding.0": "condition_embedder.text_embedder.linear_1",
+    "text_embedding.2": "condition_embedder.text_embedder.linear_2",
+    "time_embedding.0": "condition_embedder.time_embedder.linear_1",
+    "time_embedding.2": "condition_embedder.time_embedder.linear_2",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+}
+# Bare parameters (not inside a Linear/Conv) outside the blocks.
+TOP_LEVEL_PARAMETERS = {
+    "head.modulation": "scale_shift_table",
+}
+# Original module inside `blocks.N.` -> diffusers module inside `blocks.N.`.
+BLOCK_MODULES = {
+    "self_attn.q": "attn1.to_q",
+    "self_attn.k": "attn1.to_k",
+    "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0",
+    "self_attn.norm_q": "attn1.norm_q",
+    "self_attn.norm_k": "attn1.norm_k",
+    # Wan calls the (affine) cross-attention norm norm3; diffusers calls it norm2.
+    # Wan's norm1/norm2 have no weights, so nothing else is renamed.
+    "norm3": "norm2",
+    "cross_attn.q": "attn2.to_q",
+    "cross_attn.k": "attn2.to_k",
+    "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0",
+    "cross_attn.norm_q": "attn2.norm_q",
+    "cross_attn.norm_k": "attn2.norm_k",
+    "ffn.0": "ffn.net.0.proj",
+    "ffn.2": "ffn.net.2",
+}
+BLOCK_PARAMETERS = {
+    "modulation": "scale_shift_table",
+}
+MODULE_LEAVES = ("weight", "bias")
+
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def wan_key_to_diffusers(name: str) -> str | None:
+    """`blocks.3.self_attn.q.weight` -> `blocks.3.attn1.to_q.weight`; None if not a known key."""
+    name = strip_comfy_prefix(name)
+    match = _BLOCK_KEY.match(name)
+    if match:
+        index, rest = match.groups()
+        prefix, modules, parameters = f"blocks.{index}.", BLOCK_MODULES, BLOCK_PARAMETERS
+    else:
+        rest, prefix, modules, parameters = name, "", TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS
+    if rest in parameters:
+        return prefix + parameters[rest]
+    module, _, leaf = rest.rpartition(".")
+    if module in modules and leaf in MODULE_LEAVES:
+        return f"{prefix}{modules[module]}.{leaf}"
+    return None
+
+
+_INVERSE = [
+    (TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS, ""),
+    (BLOCK_MODULES, BLOCK_PARAMETERS, "blocks."),
+]
+
+
+def diffusers_key_to_wan(name: str) -> str | None:
+    """The inverse of wan_key_to_diffusers (without the ComfyUI prefix)."""
+    match = _BLOCK_KEY.match(name)
+    if match:
+        index, rest = match.groups()
+        prefix, modules, parameters = f"blocks.{index}.", BLOCK_MODULES, BLOCK_PARAMETERS
+    else:
+        rest, prefix, modules, parameters = name, "", TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS
+    for original, ours in parameters.items():
+        if rest == ours:
+            return prefix + original
+    module, _, leaf = rest.rpartition(".")
+    for original, ours in modules.items():
+        if module == ours and leaf in MODULE_LEAVES:
+            return f"{prefix}{original}.{leaf}"
+    return None
+
+
+@dataclass(frozen=True)
+class DitInfo:
+    """What a DiT file holds, read off its tensor shapes and dtypes."""
+
+    path: Path
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    num_heads: int
+    in_channels: int
+    out_channels: int
+    text_dim: int
+    freq_dim: int
+    patch_size: tuple[int, int, int]
+    file_dtype: torch.dtype
+    # The dtype training must compute in: the file's dtype decides (fp16 file -> fp16,
+    # bf16 -> bf16); None (fp8 or fp32 files) means "from the mixed-precision setting".
+    compute_dtype: torch.dtype | None
+
+    @property
+    def model_name(self) -> str:
+        """A human name for the architecture (Wan 2.1 and 2.2 14B T2V share one)."""
+        if self.in_channels == 48:
+            return "Wan 2.2 TI2V 5B"
+        if self.in_channels == 36:
+            return "Wan I2V"
+        names = {5120: "Wan 2.1/2.2 T2V 14B", 1536: "Wan 2.1 T2V 1.3B"}
+        return names.get(self.dim, f"Wan-layout DiT (dim {self.dim}, {self.num_layers} layers)")
+
+    def diffusers_config(self) -> dict:
+        return {
+            "patch_size": self.patch_size,
+            "num_attention_heads": self.num_heads,
+            "attention_head_dim": WAN_HEAD_DIM,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "text_dim": self.text_dim,
+            "freq_dim": self.freq_dim,
+            "ffn_dim": self.ffn_dim,
+            "num_layers": self.num_layers,
+            "cross_attn_norm": True,
+            "qk_norm": "rms_norm_across_heads",
+            "eps": 1e-6,
+        }
+
+
+class Float64TimestepProjection(nn.Module):
+    """Sinusoidal timestep embedding computed in float64, returned as float32.
+
+    The reference (original Wan code) embeds timesteps in float64; diffusers' `Timesteps`
+    does it in float32, which differs by up to ~1e-4 at t ~ 1000. Same layout as diffusers
+    with flip_sin_to_cos=True: [cos(t * f_i), sin(t * f_i)], f_i = 10000^(-i / half).
+    """
+
+    def __init__(self, num_channels: int):
+        super().__init__()
+        if num_channels % 2:
+            raise ValueError(f"num_channels must be even, got {num_channels}")
+        self.num_channels = num_channels
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        half = self.num_channels // 2
+        position = timesteps.to(torch.float64)
+        exponents = torch.arange(half, dtype=torch.float64, device=position.device).div(half)
+        angles = torch.outer(position, torch.pow(10000.0, -exponents))
+        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).to(torch.float32)
+
+
+# The reference computes the time embedding MLP and its projection in float32 (weights
+# upcast, autocast off); these tensors are therefore stored in float32 whatever `dtype` is
+# (after fp8 rounding when asked, so the values are the reference's).
+FLOAT32_TENSOR_PREFIXES = ("time_embedding.", "time_projection.")
+
+
+class Float32TimeConditionEmbedder(nn.Module):
+    """diffusers' Wan condition embedder with the reference's float32 time path.
+
+    The reference computes the time embedding and its 6-way projection in float32 with
+    autocast off, whatever the other weights' dtype; diffusers casts the embedding to the
+    text dtype before the projection. Text (and image) embedding are unchanged. Holds the
+    very same submodules, so parameter names stay `condition_embedder.time_embedder...`;
+    load_dit stores those weights in float32.
+    """
+
+    def __init__(self, embedder: nn.Module, freq_dim: int):
+        super().__init__()
+        self.timesteps_proj = Float64TimestepProjection(freq_dim)
+        self.time_embedder = embedder.time_embedder
+        self.act_fn = embedder.act_fn
+        self.time_proj = embedder.time_proj
+        self.text_embedder = embedder.text_embedder
+        self.image_embedder = embedder.image_embedder
+
+    def forward(
+        self,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_image: torch.Tensor | None = None,
+        timestep_seq_len: int | None = None,
+    ):
+        timestep = self.timesteps_proj(timestep)  # float32
+        if timestep_seq_len is not None:
+            timestep = timestep.unflatten(0, (-1, timestep_seq_len))
+        with torch.autocast(device_type=timestep.device.type, enabled=False):
+            temb = self.time_embedder(timestep)
+            timestep_proj = self.time_proj(self.act_fn(temb))
+        encoder_hidden_states = self.text_embedder(encoder_hidden_states)
+        if encoder_hidden_states_image is not None:
+            encoder_hidden_states_image = self.image_embedder(encoder_hidden_states_image)
+        return temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image
+
+
+def _file_dtype(tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> torch.dtype:
+    """The dtype of the bulk of the weights (fp8 files keep some small tensors in fp16)."""
+    elements: dict[torch.dtype, int] = {}
+    for dtype, shape in tensors.values():
+        if dtype.is_floating_point:
+            elements[dtype] = elements.get(dtype, 0) + math.prod(shape)
+    if not elements:
+        raise WanloraError("DiT file has no floating-point tensors")
+    return max(elements, key=elements.get)
+
+
+COMPUTE_DTYPE_FOR_FILE = {torch.float16: torch.float16, torch.bfloat16: torch.bfloat16}
+
+
+def infer_dit_info(path: str | Path) -> DitInfo:
+    """Read the architecture and dtype of a Wan DiT file from its header (no weights read)."""
+    path = Path(path)
+    header = read_safetensors_header(path)
+    require_kind(path, set(header), "dit")
+    return dit_info_from_shapes(path, header)
+
+
+def dit_info_from_shapes(
+    path: Path, header: dict[str, tuple[torch.dtype, tuple[int, ...]]]
+) -> DitInfo:
+    """The architecture from tensor name -> (dtype, shape); `path` is only for messages."""
+    tensors = {strip_comfy_prefix(n): v for n, v in header.items()}
+    if "scaled_fp8" in tensors or any(n.endswith(".scale_weight") for n in tensors):
+        raise WanloraError(
+            f"{path} is a scaled-fp8 DiT (per-tensor scales), which this tool does not load",
+            "use the plain fp8_e4m3fn or fp16 file the recipe names",
+        )
+    if any(n.startswith("img_emb.") for n in tensors):
+        raise WanloraError(
+            f"{path} is an image-to-video (I2V) DiT with an image encoder input",
+            "the recipe trains text-to-video (T2V) models; download the T2V file",
+        )
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in tensors:
+            raise WanloraError(f"{path} is missing {name}; the file is incomplete or not a Wan DiT")
+        return tensors[name][1]
+
+    dim, in_channels, *patch = shape("patch_embedding.weight")
+    if dim % WAN_HEAD_DIM:
+        raise WanloraError(
+            f"{path}: model width {dim} is not a multiple of the Wan head size {WAN_HEAD_DIM}",
+            "this is not a Wan DiT file",
+        )
+    block_indices = {int(m.group(1)) for n in tensors if (m := _BLOCK_KEY.match(n))}
+    num_layers = len(block_indices)
+    if block_indices != set(range(num_layers)):
+        raise WanloraError(f"{path}: transformer blocks are not numbered 0..{num_layers - 1}")
+    patch_size = tuple(patch)
+    file_dtype = _file_dtype(tensors)
+    return DitInfo(
+        path=path,
+        dim=dim,
+        ffn_dim=shape("blocks.0.ffn.0.weight")[0],
+        num_layers=num_layers,
+        num_heads=dim // WAN_HEAD_DIM,
+        in_channels=in_channels,
+        out_channels=shape("head.head.weight")[0] // math.prod(patch_size),
+        text_dim=shape("text_embedding.0.weight")[1],
+        freq_dim=shape("time_embedding.0.weight")[1],
+        patch_size=patch_size,  # type: ignore[arg-type]
+        file_dtype=file_dtype,
+        compute_dtype=COMPUTE_DTYPE_FOR_FILE.get(file_dtype),
+    )
+
+
+def _check_key_sets(path: Path, file_names: list[str], model: nn.Module) -> None:
+    """Every file key maps to a model parameter and every model parameter has a file key."""
+    model_names = {n for n, _ in model.named_parameters()}
+    mapped = {name: wan_key_to_diffusers(name) for name in file_names}
+    unexpected = sorted(n for n, m in mapped.items() if m is None or m not in model_names)
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise WanloraError(
+            f"{path} has {len(unexpected)} tensor(s) a Wan T2V DiT does not have: {shown}",
+            "this is a different model; use the DiT file the recipe names",
+        )
+    missing = sorted(model_names - set(mapped.values()))
+    if missing:
+        shown = ", ".join(diffusers_key_to_wan(n) or n for n in missing[:5])
+        raise WanloraError(
+            f"{path} is missing {len(missing)} tensor(s) of a Wan DiT: {shown}",
+            "the file is incomplete; re-download it",
+        )
+
+
+def load_dit(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    fp8_round: bool = False,
+    in_channels: int | None = 16,
+) -> tuple[WanTransformer3DModel, DitInfo]:
+    """Load a Wan DiT .safetensors (original layout) into a frozen WanTransformer3DModel.
+
+    dtype: storage dtype of the floating-point tensors; None keeps the file's dtype.
+        torch.float8_e4m3fn stores the weights in fp8 (no scaling). The time embedding and
+        time projection are always stored in float32 (the reference computes them so).
+    fp8_round: reproduce the reference's fp8_base: every floating-point tensor is rounded
+        through float8_e4m3fn (no scaling) and stored in `dtype` (fp8 values are exact in
+        fp16 and bf16), so the model computes on fp8-valued weights.
+    in_channels: the latent channels the recipe feeds (16 for T2V with the Wan 2.1 VAE);
+        a file with another input width (an I2V model: 36) is refused. None accepts any.
+
+    Time embedding: computed as the reference does, sinusoid in float64, then the MLP and
+    the projection in float32 with autocast off (see Float32TimeConditionEmbedder).
+
+    Memory: the model is built on the meta device and each tensor is read, converted and
+    assigned on its own, so peak RAM is about the model's size plus one tensor.
+    """
+    path = Path(path)
+    info = infer_dit_info(path)
+    if in_channels is not None and info.in_channels != in_channels:
+        what = {36: "an image-to-video (I2V) DiT", 48: "a Wan 2.2 TI2V 5B DiT"}.get(
+            info.in_channels, f"a DiT with {info.in_channels} input channels"
+        )
+        raise WanloraError(
+            f"{path} is {what} (in_dim {info.in_channels}); this recipe needs a text-to-video "
+            f"DiT with in_dim {in_channels}",
+            "download the T2V file the recipe names",
+        )
+    storage_dtype = dtype if dtype is not None else info.file_dtype
+    device = torch.device(device)
+    # fp8 storage rounds the float32-kept time path too, so all values are fp8 values.
+    round_to_fp8 = fp8_round or storage_dtype == torch.float8_e4m3fn
+
+    model = build_on_meta(lambda: WanTransformer3DModel(**info.diffusers_config()))
+    with safe_open(str(path), framework="pt", device="cpu") as file:
+        file_names = list(file.keys())
+        _check_key_sets(path, file_names, model)
+        for name in file_names:
+            tensor = file.get_tensor(name)
+            if tensor.is_floating_point():
+                if round_to_fp8:
+                    tensor = tensor.to(torch.float8_e4m3fn)
+                keep_float32 = strip_comfy_prefix(name).startswith(FLOAT32_TENSOR_PREFIXES)
+                target = torch.float32 if keep_float32 else storage_dtype
+                tensor = tensor.to(device=device, dtype=target)
+            else:
+                tensor = tensor.to(device=device)
+            assign_parameter(model, wan_key_to_diffusers(name), tensor, path)  # type: ignore[arg-type]
+    model.to(device)  # the RoPE tables were built on the CPU
+    check_fully_loaded(model, path)
+    model.condition_embedder = Float32TimeConditionEmbedder(model.condition_embedder, info.freq_dim)
+    model.eval()
+    return model, info

@@ -1,0 +1,224 @@
+"""Reading model files safely: safetensors headers, .pth state dicts, and what a file is.
+
+Every check here exists to turn a confusing library traceback (a truncated download, a
+.pth renamed to .safetensors, the VAE picked where the DiT belongs) into a WanloraError
+that names the file and says what it really is.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+from wanlora.errors import WanloraError
+
+# The ComfyUI repackaged DiT files may carry this prefix on every key.
+COMFY_PREFIX = "model.diffusion_model."
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+# A safetensors header is JSON; anything claiming more than this is not one.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def _require_file(path: Path) -> None:
+    if not path.exists():
+        raise WanloraError(
+            f"Model file {path} does not exist",
+            "run `wanlora download` or fix the path in wanlora.toml",
+        )
+    if not path.is_file():
+        raise WanloraError(f"Model path {path} is a folder, not a file", "point it at the file")
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(8)
+
+
+def _starts_like_safetensors(path: Path) -> bool:
+    """8-byte little-endian header length, then the JSON header's opening brace."""
+    with open(path, "rb") as f:
+        start = f.read(9)
+    if len(start) < 9:
+        return False
+    (header_len,) = struct.unpack("<Q", start[:8])
+    return start[8:9] == b"{" and header_len <= _MAX_HEADER_BYTES
+
+
+def looks_like_torch_pickle(path: Path) -> bool:
+    """torch.save writes a zip archive (PK..) or, in old versions, a raw pickle (0x80 proto)."""
+    if _starts_like_safetensors(path):
+        return False
+    magic = _magic(path)
+    return magic.startswith(b"PK\x03\x04") or (
+        magic[:1] == b"\x80" and magic[1:2] in b"\x02\x03\x04\x05"
+    )
+
+
+def read_safetensors_header(path: str | Path) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """Tensor name -> (dtype, shape) from a .safetensors header, after checking the file is whole.
+
+    Raises WanloraError for a pickle/.pth file, a file that is not safetensors, or a file
+    shorter than its header says (an interrupted download).
+    """
+    path = Path(path)
+    _require_file(path)
+    size = path.stat().st_size
+    if looks_like_torch_pickle(path):
+        raise WanloraError(
+            f"{path} is a PyTorch pickle/.pth file, not a .safetensors file",
+            "use the .safetensors file the recipe names (see `wanlora download`)",
+        )
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise WanloraError(f"{path} is empty or truncated ({size} bytes)", _redownload(path))
+        (header_len,) = struct.unpack("<Q", raw_len)
+        if header_len > _MAX_HEADER_BYTES:
+            raise WanloraError(f"{path} is not a .safetensors file", _redownload(path))
+        if 8 + header_len > size:
+            raise WanloraError(f"{path} is truncated (header cut off)", _redownload(path))
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise WanloraError(f"{path} is not a .safetensors file", _redownload(path)) from None
+    if not isinstance(header, dict):
+        raise WanloraError(f"{path} is not a .safetensors file", _redownload(path))
+
+    tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    data_end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            data_end = max(data_end, int(entry["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise WanloraError(
+                f"{path} has an unreadable or unsupported tensor entry {name!r}",
+                _redownload(path),
+            ) from None
+        tensors[name] = (dtype, shape)
+    expected_size = 8 + header_len + data_end
+    if size < expected_size:
+        raise WanloraError(
+            f"{path} is truncated: {size:,} bytes on disk, the header needs {expected_size:,}",
+            _redownload(path),
+        )
+    return tensors
+
+
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The free-form `__metadata__` of a .safetensors file (empty if none)."""
+    path = Path(path)
+    read_safetensors_header(path)  # validates
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+    return dict(header.get("__metadata__") or {})
+
+
+def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain state dict saved with torch.save, memory-mapped (tensors stay on disk until used)."""
+    path = Path(path)
+    _require_file(path)
+    if not looks_like_torch_pickle(path):
+        try:
+            read_safetensors_header(path)
+        except WanloraError:
+            pass
+        else:
+            raise WanloraError(
+                f"{path} is a .safetensors file, but a PyTorch .pth state dict is expected here",
+                "use the original .pth file the recipe names (models_t5_umt5-xxl-enc-bf16.pth)",
+            )
+        raise WanloraError(f"{path} is not a PyTorch .pth file", _redownload(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:
+        # mmap needs the zip format; an old raw pickle loads without it.
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WanloraError(
+                f"{path} could not be read as a PyTorch file (truncated download?): {exc}",
+                _redownload(path),
+            ) from None
+    except Exception as exc:
+        raise WanloraError(
+            f"{path} could not be read as a PyTorch file (truncated download?): {exc}",
+            _redownload(path),
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WanloraError(f"{path} is not a plain state dict of tensors", _redownload(path))
+    return state
+
+
+def strip_comfy_prefix(name: str) -> str:
+    return name[len(COMFY_PREFIX) :] if name.startswith(COMFY_PREFIX) else name
+
+
+def identify_keys(names: set[str]) -> str:
+    """'dit', 'vae', 'text_encoder' or 'unknown' from a file's tensor names."""
+    if {"patch_embedding.weight", "blocks.0.self_attn.q.weight"} <= names:
+        return "dit"
+    if {"encoder.conv1.weight", "decoder.conv1.weight", "conv1.weight"} <= names:
+        return "vae"
+    if {"token_embedding.weight", "blocks.0.attn.q.weight"} <= names:
+        return "text_encoder"
+    return "unknown"
+
+
+def identify_model_file(path: str | Path) -> str:
+    """What a model file is, from its tensor names: "dit", "vae", "text_encoder" or "unknown".
+
+    Knows the layouts this tool loads (original Wan DiT / Wan 2.1 VAE / Wan umT5 .pth).
+    Unreadable files raise WanloraError; readable files in other layouts are "unknown".
+    """
+    path = Path(path)
+    _require_file(path)
+    if looks_like_torch_pickle(path):
+        names = set(load_torch_state_dict(path))
+    else:
+        names = set(read_safetensors_header(path))
+    return identify_keys({strip_comfy_prefix(n) for n in names})
+
+
+KIND_WORDS = {
+    "dit": "a Wan DiT (diffusion model)",
+    "vae": "the Wan VAE",
+    "text_encoder": "the umT5 text encoder",
+    "unknown": "not a model file this tool recognises",
+}
+
+
+def require_kind(path: Path, names: set[str], expected: str) -> None:
+    """Raise a WanloraError naming what the file is when it is not the expected kind."""
+    kind = identify_keys({strip_comfy_prefix(n) for n in names})
+    if kind != expected:
+        raise WanloraError(
+            f"{path} is {KIND_WORDS[kind]}, but {KIND_WORDS[expected]} is expected here",
+            "check which file each model path in wanlora.toml points to",
+        )
+
+
+def _redownload(path: Path) -> str:
+    return f"delete {path.name} and run `wanlora download` again"

@@ -1,0 +1,396 @@
+"""The training recipe, top to bottom: one expert's LoRA from cached latents and text.
+
+    items -> cache -> DiT (+ fp8 rounding) -> LoRA -> AdamW + schedule -> steps -> LoRA file
+
+Each step is the reference trainer's (TRAINER_SPEC.md): noise ~ N(0, 1); t from the recipe's
+timestep distribution restricted to the expert's range; noisy = (1-t) x + t noise; the DiT
+sees timestep 1000 t + 1 and the caption embedding zero-padded to 512 rows; loss = MSE
+against noise - x in float32; fp16 steps go through a gradient scaler; no clipping at
+max_grad_norm 0; the lr follows the polynomial schedule as transformers computes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..cache.build import build_cache, default_device, load_cached_tensors
+from ..dataset.items import DatasetItem, load_items
+from ..dataset.order import epoch_batches, steps_per_epoch
+from ..errors import WanloraError
+from ..models.registry import resolve_model_path
+from ..recipes import Project
+from .lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
+from .lora_file import lora_metadata, save_lora_file
+from .precision import autocast, compute_dtype, grad_scaler
+from .schedule import make_scheduler
+from .state import (
+    TrainState,
+    latest_state_dir,
+    load_state,
+    read_state_meta,
+    recipe_hash,
+    save_state,
+)
+from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
+
+log = logging.getLogger(__name__)
+
+TEXT_LEN = 512  # the DiT's text length: every context is zero-padded to this many rows
+
+
+@dataclass
+class StepReport:
+    expert: str
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class ExpertResult:
+    expert: str
+    lora_path: Path
+    steps: int
+    final_loss: float | None
+    skipped: bool = False
+
+
+class StopTraining(Exception):
+    """Raised by a step callback to stop after the current step (state is saved first)."""
+
+
+StepCallback = Callable[[StepReport], None]
+# called after each epoch with (expert, epochs_done, model); the model is in train mode and
+# carries the LoRA, e.g. for rendering samples (wanlora.sampling)
+EpochCallback = Callable[[str, int, torch.nn.Module], None]
+
+
+def dataset_hash(items: list[DatasetItem], latent_paths: list[Path], text_paths: list[Path]) -> str:
+    """Identity of the training data: the cache keys already hash image, bucket and caption."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item, lat, txt in zip(items, latent_paths, text_paths, strict=True):
+        digest.update(f"{lat.name}|{txt.name}|{item.num_repeats}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def pad_context(context: torch.Tensor, length: int = TEXT_LEN) -> torch.Tensor:
+    """(L, D) -> (length, D), zeros below the real tokens, as the reference's DiT does."""
+    padded = context.new_zeros((length, context.shape[1]))
+    padded[: min(length, context.shape[0])] = context[:length]
+    return padded
+
+
+def output_path(project: Project, expert: str) -> Path:
+    return project.output_dir / f"{project.config.output_name(expert)}.safetensors"
+
+
+def train_expert(
+    project: Project,
+    expert: str,
+    *,
+    device: torch.device | None = None,
+    overwrite: bool = False,
+    restart: bool = False,
+    on_step: StepCallback | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    log_dir: Path | None = None,
+) -> ExpertResult:
+    """Train one expert's LoRA; resume from output/state/<expert>/ when a state is there."""
+    config = project.config
+    settings = config.experts[expert]
+    device = device or default_device()
+    out_path = output_path(project, expert)
+    seed = config.training.seed
+
+    # --- 1. resume or fresh start: decide before any heavy work -------------------------
+    state_dir = None if restart else latest_state_dir(project.output_dir, expert)
+    if state_dir is not None and read_state_meta(state_dir).finished:
+        if out_path.exists() and not overwrite:
+            log.info("%s: already trained -> %s", expert, out_path)
+            return ExpertResult(
+                expert, out_path, read_state_meta(state_dir).step, None, skipped=True
+            )
+        if overwrite:  # a finished run asked to be redone: start from scratch
+            state_dir = None
+    if state_dir is None and out_path.exists() and not overwrite:
+        raise WanloraError(
+            f"{out_path} already exists",
+            "pass --overwrite to replace it, or change project.name in wanlora.toml",
+        )
+
+    # --- 2. data: items, cache, tensors in memory ----------------------------------------
+    torch.manual_seed(seed)
+    items = load_items(project)
+    cache = build_cache(project, items=items, device=device)
+    samples = load_cached_tensors(cache.entries)
+    data_hash = dataset_hash(
+        items, [e.latent_path for e in cache.entries], [e.text_path for e in cache.entries]
+    )
+    batch_size = config.dataset.batch_size
+    accumulation = config.training.gradient_accumulation_steps
+    epochs = config.training.max_train_epochs
+    micro_steps_per_epoch = steps_per_epoch(items, batch_size)
+    total_steps = math.ceil(epochs * micro_steps_per_epoch / accumulation)
+
+    # --- 3. model: the expert's DiT, fp8-rounded like the reference, plus LoRA -----------
+    from ..models import load_dit
+
+    dit_path = resolve_model_path(settings.dit, project.models_dir, project.root)
+    if not dit_path.exists():
+        raise WanloraError(
+            f"{dit_path}: DiT file for the {expert} expert not found",
+            f"run `wanlora download {project.root}` or set experts.{expert}.dit in wanlora.toml",
+        )
+    file_dtype = _dit_file_dtype(dit_path)
+    dtype = compute_dtype(config.training.mixed_precision, file_dtype, dit_path)
+    model, _info = load_dit(
+        dit_path, dtype=dtype, device=device, fp8_round=config.training.fp8_base
+    )
+    add_lora(model, config.lora)
+    if config.training.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+
+    # --- 4. optimiser, schedule, loss scaling, RNG ---------------------------------------
+    opt = config.optimizer
+    optimizer = torch.optim.AdamW(
+        lora_parameters(model),
+        lr=opt.learning_rate,
+        betas=opt.betas,
+        eps=opt.eps,
+        weight_decay=opt.weight_decay,
+    )
+    scheduler = make_scheduler(optimizer, config.scheduler, total_steps)
+    scaler = grad_scaler(device, dtype)
+    generator = torch.Generator("cpu").manual_seed(seed)  # noise + timesteps: same on any device
+    r_hash = recipe_hash(config, expert)
+    state = TrainState(0, 0, 0, False, data_hash, r_hash)
+    if state_dir is not None:
+        state, tensors = load_state(state_dir, optimizer, scheduler, scaler, generator)
+        _check_resume(state, data_hash, r_hash, state_dir)
+        load_lora_state_dict(model, tensors)
+        log.info("%s: resuming at step %d/%d from %s", expert, state.step, total_steps, state_dir)
+
+    writer = _tensorboard(log_dir or project.output_dir / "logs", expert)
+    started = time.time()
+    save_every = config.training.save_state_every_n_steps
+    last_loss: float | None = None
+
+    def save(finished: bool) -> None:
+        state.finished = finished
+        tensors = lora_state_dict(model, config.lora.network_alpha, torch.float32)
+        save_state(
+            project.output_dir, expert, state, tensors, optimizer, scheduler, scaler, generator
+        )
+
+    # --- 5. the loop ----------------------------------------------------------------------
+    try:
+        for epoch in range(state.epoch, epochs):
+            batches = epoch_batches(items, batch_size, epoch, seed)
+            start_batch = state.batch_in_epoch if epoch == state.epoch else 0
+            for b in range(start_batch, len(batches)):
+                step_start = time.perf_counter()
+                lr = scheduler.get_last_lr()[0]
+                loss = _training_step(
+                    model, samples, batches[b], config, settings, generator, device, dtype, scaler
+                )
+                if not math.isfinite(loss):  # checked before the optimiser touches the weights
+                    raise WanloraError(
+                        f"{expert}: the loss became {loss} at step {state.step + 1} (numerical overflow)",
+                        "run `wanlora train` again to resume from the last good state; if it repeats, "
+                        "lower optimizer.learning_rate or train from a bf16 DiT file with "
+                        'training.mixed_precision = "bf16"',
+                    )
+                last_loss = loss
+                stepped = (b + 1) % accumulation == 0 or b + 1 == len(batches)
+                if stepped:
+                    if opt.max_grad_norm > 0:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(lora_parameters(model), opt.max_grad_norm)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                state.epoch, state.batch_in_epoch = (
+                    (epoch + 1, 0) if b + 1 == len(batches) else (epoch, b + 1)
+                )
+                if not stepped:
+                    continue
+                if writer is not None:
+                    writer.add_scalar("loss", loss, state.step)
+                    writer.add_scalar("lr", lr, state.step)
+                if state.step % save_every == 0 and state.step < total_steps:
+                    save(finished=False)
+                if on_step is not None:
+                    on_step(
+                        StepReport(
+                            expert,
+                            state.step,
+                            total_steps,
+                            loss,
+                            lr,
+                            time.perf_counter() - step_start,
+                        )
+                    )
+            if on_epoch_end is not None and state.epoch == epoch + 1:
+                on_epoch_end(expert, state.epoch, model)
+    except StopTraining:
+        save(finished=False)
+        raise
+    except KeyboardInterrupt:
+        save(finished=False)
+        raise
+    except torch.OutOfMemoryError:
+        raise WanloraError(
+            f"{expert}: out of GPU memory at step {state.step}",
+            "close other GPU programs, keep training.gradient_checkpointing = true and training.fp8_base = true, "
+            "or use a card with more memory (see `wanlora doctor`)",
+        ) from None
+    finally:
+        if writer is not None:
+            writer.close()
+
+    # --- 6. the LoRA file, in the DiT's dtype, with the reference's metadata ---------------
+    tensors = lora_state_dict(model, config.lora.network_alpha, dtype)
+    metadata = lora_metadata(
+        config,
+        expert,
+        total_steps=total_steps,
+        steps_done=state.step,
+        epochs_done=state.epoch,
+        num_images=len(items),
+        dataset_hash=data_hash,
+        started_at=started,
+    )
+    save_lora_file(out_path, tensors, metadata)
+    save(finished=True)
+    return ExpertResult(expert, out_path, state.step, last_loss)
+
+
+def _training_step(
+    model, samples, batch, config, settings, generator, device, dtype, scaler
+) -> float:
+    """Forward + backward for one micro-batch; returns the loss value."""
+    latents = torch.stack([samples[i][0] for i in batch]).float()
+    context = torch.stack([pad_context(samples[i][1]) for i in batch]).float()
+    noise = torch.randn(latents.shape, generator=generator)
+    t = sample_timesteps(
+        len(batch),
+        config.timesteps,
+        settings.min_timestep,
+        settings.max_timestep,
+        generator=generator,
+    )
+    noisy, target = noisy_and_target(latents, noise, t)
+    noisy, target, t, context = (
+        noisy.to(device),
+        target.to(device),
+        t.to(device),
+        context.to(device),
+    )
+    with autocast(device, dtype):
+        # the context goes in as float32 so the time embedding (run in float32) keeps its
+        # dtype; the text projection's linears still run in the compute dtype under autocast
+        prediction = model(
+            hidden_states=noisy.to(dtype),
+            timestep=dit_timestep(t),
+            encoder_hidden_states=context,
+            return_dict=False,
+        )[0]
+    loss = F.mse_loss(prediction.float(), target.float())
+    scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
+    scaled.backward()
+    return loss.item()
+
+
+def _check_resume(state: TrainState, data_hash: str, r_hash: str, state_dir: Path) -> None:
+    if state.dataset_hash != data_hash:
+        raise WanloraError(
+            f"{state_dir}: the dataset changed since this run started (images, captions or buckets)",
+            "restore the dataset to resume, or pass --restart to train from scratch",
+        )
+    if state.recipe_hash != r_hash:
+        raise WanloraError(
+            f"{state_dir}: the training settings changed since this run started",
+            "undo the wanlora.toml change to resume, or pass --restart to train from scratch",
+        )
+
+
+def _dit_file_dtype(path: Path) -> torch.dtype:
+    """The dtype of the DiT's block weights, read from the safetensors header only."""
+    from safetensors import safe_open
+
+    dtypes = {
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "F32": torch.float32,
+        "F8_E4M3": torch.float8_e4m3fn,
+    }
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = next((k for k in f.keys() if k.endswith("self_attn.q.weight")), None)  # noqa: SIM118
+            if key is None:
+                raise WanloraError(
+                    f"{path}: not a Wan DiT file (no self_attn weights)", "check experts.*.dit"
+                )
+            return dtypes[f.get_slice(key).get_dtype()]
+    except WanloraError:
+        raise
+    except Exception as exc:
+        raise WanloraError(
+            f"{path}: cannot read this file as safetensors ({exc})",
+            "re-download it with `wanlora download`",
+        ) from None
+
+
+def _tensorboard(log_dir: Path, expert: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: logging is optional
+        return None
+    return SummaryWriter(log_dir=str(log_dir / expert))
+
+
+def train_project(
+    project: Project,
+    experts: list[str] | None = None,
+    *,
+    device: torch.device | None = None,
+    overwrite: bool = False,
+    restart: bool = False,
+    on_step: StepCallback | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> list[ExpertResult]:
+    """The whole recipe: each expert in turn (high, then low for Wan 2.2)."""
+    names = experts or list(project.config.experts)
+    unknown = [e for e in names if e not in project.config.experts]
+    if unknown:
+        raise WanloraError(
+            f"unknown expert {unknown[0]!r} for recipe {project.config.recipe}",
+            f"use one of: {', '.join(project.config.experts)}",
+        )
+    return [
+        train_expert(
+            project,
+            name,
+            device=device,
+            overwrite=overwrite,
+            restart=restart,
+            on_step=on_step,
+            on_epoch_end=on_epoch_end,
+        )
+        for name in names
+    ]

@@ -1,0 +1,153 @@
+"""Resume points: output/state/<expert>/step-NNNNNNNN/ holds everything a run needs to go on.
+
+A state is written into a hidden temporary folder and renamed into place only once complete,
+so a kill during a write leaves the previous state as the newest one. The two newest states
+are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import WanloraError
+from ..recipes.schema import RecipeConfig
+from .lora_file import read_lora_file, save_lora_file
+
+KEEP_STATES = 2
+_STATE_PREFIX = "step-"
+
+
+@dataclass
+class TrainState:
+    """What a resume needs besides the model: where we were and what we trained on."""
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    finished: bool
+    dataset_hash: str
+    recipe_hash: str
+
+
+def recipe_hash(config: RecipeConfig, expert: str) -> str:
+    """Hash of everything that changes what this expert's training computes."""
+    data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
+    data["experts"] = {expert: data["experts"][expert]}
+    for key in ("save_state_every_n_steps", "max_data_loader_n_workers"):
+        data["training"].pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def state_root(output_dir: Path, expert: str) -> Path:
+    return output_dir / "state" / expert
+
+
+def latest_state_dir(output_dir: Path, expert: str) -> Path | None:
+    root = state_root(output_dir, expert)
+    if not root.is_dir():
+        return None
+    complete = sorted(
+        p
+        for p in root.iterdir()
+        if p.name.startswith(_STATE_PREFIX) and (p / "meta.json").is_file()
+    )
+    return complete[-1] if complete else None
+
+
+def save_state(
+    output_dir: Path,
+    expert: str,
+    state: TrainState,
+    lora_tensors: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+) -> Path:
+    root = state_root(output_dir, expert)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_STATE_PREFIX}{state.step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_lora_file(tmp / "lora.safetensors", lora_tensors, {})
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+        },
+        tmp / "trainer.pt",
+    )
+    _write_json(tmp / "meta.json", state.__dict__)  # written last: its presence marks completeness
+    _fsync_tree(tmp)
+    if final.exists():  # same step saved again (e.g. final save right after a periodic one)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _prune(root)
+    return final
+
+
+def load_state(
+    state_dir: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    generator: torch.Generator,
+) -> tuple[TrainState, dict[str, torch.Tensor]]:
+    try:
+        meta = json.loads((state_dir / "meta.json").read_text(encoding="utf-8"))
+        tensors, _ = read_lora_file(state_dir / "lora.safetensors")
+        trainer = torch.load(state_dir / "trainer.pt", weights_only=False, map_location="cpu")
+    except Exception as exc:
+        raise WanloraError(
+            f"{state_dir}: resume state is unreadable ({type(exc).__name__})",
+            "delete this folder to resume from the previous state, or train with --restart",
+        ) from None
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    scaler.load_state_dict(trainer["scaler"])
+    generator.set_state(trainer["generator"])
+    torch.set_rng_state(trainer["torch_rng"])
+    np.random.set_state(trainer["numpy_rng"])
+    random.setstate(trainer["python_rng"])
+    return TrainState(**meta), tensors
+
+
+def read_state_meta(state_dir: Path) -> TrainState:
+    return TrainState(**json.loads((state_dir / "meta.json").read_text(encoding="utf-8")))
+
+
+def _prune(root: Path) -> None:
+    states = sorted(p for p in root.iterdir() if p.name.startswith(_STATE_PREFIX))
+    for old in states[:-KEEP_STATES]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in root.glob(".tmp-*"):  # from a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
