@@ -69,19 +69,66 @@ height = 64
 """
 
 
+POSITIONS = {  # name -> where the centre goes, as a fraction of (width, height)
+    "in the centre of the frame": (0.5, 0.5),
+    "in the upper left corner": (0.3, 0.3),
+    "near the lower right corner": (0.7, 0.7),
+    "close to the top edge": (0.5, 0.3),
+    "along the bottom edge": (0.5, 0.72),
+}
+CORNERS = {
+    "at top left": (0.1, 0.1),
+    "at top right": (0.9, 0.1),
+    "at bottom left": (0.1, 0.9),
+    "at bottom right": (0.9, 0.9),
+}
+SIZES_WORDS = {"small": 0.35, "medium-sized": 0.5, "large": 0.7}
+LIGHTING = (
+    "Flat even lighting.",
+    "Soft light without shadows.",
+    "Bright uniform colours, no texture.",
+)
+
+
+def _gradient(
+    size: tuple[int, int], color: tuple[int, int, int], horizontal: bool, flip: bool
+) -> Image.Image:
+    """A background fading from `color` to a darker shade (so images differ beyond the shape)."""
+    width, height = size
+    image = Image.new("RGB", size)
+    draw = ImageDraw.Draw(image)
+    steps = width if horizontal else height
+    for k in range(steps):
+        f = 1.0 - 0.6 * ((steps - 1 - k) if flip else k) / max(steps - 1, 1)
+        shade = tuple(int(c * f) for c in color)
+        draw.line([(k, 0), (k, height)] if horizontal else [(0, k), (width, k)], fill=shade)
+    return image
+
+
 def write_demo_dataset(folder: Path, count: int = 18, seed: int = 0) -> list[Path]:
-    """`count` images of coloured shapes with same-name captions describing them."""
+    """`count` images of coloured shapes, each with its own caption describing it."""
     rng = random.Random(seed)
+    combos = [(fg, bg, shape) for fg in COLORS for bg in COLORS if fg != bg for shape in SHAPES]
+    rng.shuffle(combos)
     folder.mkdir(parents=True, exist_ok=True)
     images = []
-    for i in range(count):
-        fg, bg = rng.sample(sorted(COLORS), 2)
-        shape = SHAPES[i % len(SHAPES)]
+    for i, (fg, bg, shape) in enumerate(combos[:count]):
         width, height = SIZES[i % len(SIZES)]
-        image = Image.new("RGB", (width, height), COLORS[bg])
+        position, (fx, fy) = rng.choice(sorted(POSITIONS.items()))
+        size_word, fraction = rng.choice(sorted(SIZES_WORDS.items()))
+        horizontal, flip = rng.random() < 0.5, rng.random() < 0.5
+        image = _gradient((width, height), COLORS[bg], horizontal=horizontal, flip=flip)
+        dark_side = ("left" if flip else "right") if horizontal else ("top" if flip else "bottom")
         draw = ImageDraw.Draw(image)
-        size = min(width, height) * rng.uniform(0.4, 0.7)
-        cx, cy = width / 2 + rng.uniform(-8, 8), height / 2 + rng.uniform(-8, 8)
+        dot_color = rng.choice([c for c in sorted(COLORS) if c not in (fg, bg)])
+        dot_name, (dx, dy) = rng.choice(sorted(CORNERS.items()))
+        r = min(width, height) * 0.08
+        draw.ellipse(
+            (width * dx - r, height * dy - r, width * dx + r, height * dy + r),
+            fill=COLORS[dot_color],
+        )
+        size = min(width, height) * fraction
+        cx, cy = width * fx, height * fy
         box = (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
         if shape == "circle":
             draw.ellipse(box, fill=COLORS[fg])
@@ -91,9 +138,11 @@ def write_demo_dataset(folder: Path, count: int = 18, seed: int = 0) -> list[Pat
             draw.polygon([(cx, box[1]), (box[2], box[3]), (box[0], box[3])], fill=COLORS[fg])
         path = folder / f"demo_{i:02d}.png"
         image.save(path)
+        orientation = "wide" if width > height else "tall" if height > width else "square"
         caption = (
-            f"{DEMO_TRIGGER}, a {fg} {shape} on a plain {bg} background. "
-            f"The {shape} is in the centre of the frame. Flat even lighting."
+            f"{DEMO_TRIGGER}, a {size_word} {fg} {shape} on a {bg} background, darker at the {dark_side}. "
+            f"A tiny {dot_color} dot {dot_name}. {orientation.capitalize()} frame; the {shape} sits {position}. "
+            f"{LIGHTING[i % 3]}"
         )
         atomic_write_text(path.with_suffix(".txt"), caption + "\n")
         images.append(path)
@@ -119,7 +168,7 @@ def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0
     }
     dataset = root / "dataset"
     if not (dataset.is_dir() and any(dataset.glob("*.png"))):
-        write_demo_dataset(dataset, seed=seed)
+        write_demo_dataset(dataset, seed=seed + 1)  # seed 1: a dataset `wanlora check` finds clean
     if not config_file.exists():
         atomic_write_text(config_file, demo_toml(epochs, model_paths))
     return load_project(root)

@@ -53,5 +53,25 @@ def main() -> None:
         err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]")
+        err_console.print("[yellow]interrupted[/] (run the same command again to resume)")
         sys.exit(130)
+    except OSError as exc:  # disk full, permissions, a vanished file: name the file
+        if _state["debug"]:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        err_console.print(
+            f"[bold red]error:[/] {where}{exc.strerror or exc} -- fix the file or disk problem and run again",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    except Exception as exc:  # a bug: one line here, the traceback with --debug
+        if _state["debug"]:
+            raise
+        err_console.print(
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} -- this is a bug in wanlora; "
+            "rerun with --debug and report the traceback",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
