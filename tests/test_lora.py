@@ -15,6 +15,7 @@ from wanlora.train.lora import (
     lora_layers,
     lora_parameters,
     lora_state_dict,
+    lora_target_modules,
     saved_module_name,
     set_lora_multiplier,
 )
@@ -136,3 +137,48 @@ def test_diffusers_loader_accepts_our_file(tmp_path):
     plain.load_lora_adapter(state_dict, prefix="transformer", adapter_name="ours")
     with torch.no_grad():
         torch.testing.assert_close(plain(**inputs())[0], model(**inputs())[0], rtol=1e-4, atol=1e-5)
+
+
+def comfyui_key_map(model_keys):
+    """ComfyUI's documented rule for Wan LoRAs: every `diffusion_model.<path>.weight` of the
+    loaded model is reachable as `lora_unet_<path with dots replaced by underscores>`."""
+    key_map = {}
+    for k in model_keys:
+        if k.startswith("diffusion_model.") and k.endswith(".weight"):
+            key_map[
+                "lora_unet_" + k[len("diffusion_model.") : -len(".weight")].replace(".", "_")
+            ] = k
+    return key_map
+
+
+def test_comfyui_maps_every_module_of_a_14b_lora_onto_the_real_file():
+    """Our 400 module names for the 14B expert all land on weights of the real DiT layout
+    (ComfyUI loads the DiT with a `diffusion_model.` prefix), with matching shapes."""
+    import json
+    from importlib import resources
+
+    from wanlora.models.assign import build_on_meta
+
+    layout = json.loads(
+        resources.files("wanlora.models")
+        .joinpath("layouts/dit_wan22_t2v_a14b_expert.json")
+        .read_text()
+    )["tensors"]
+    key_map = comfyui_key_map("diffusion_model." + k for k in layout)
+    model = build_on_meta(
+        lambda: WanTransformer3DModel(
+            num_attention_heads=40,
+            attention_head_dim=128,
+            ffn_dim=13824,
+            num_layers=40,
+            text_dim=4096,
+        )
+    )
+    targets = lora_target_modules(model)
+    assert len(targets) == 400
+    for name in targets:
+        stem = saved_module_name(name)
+        assert stem in key_map, stem
+        out_features, in_features = layout[key_map[stem][len("diffusion_model.") :]]
+        module = model.get_submodule(name)
+        assert (module.out_features, module.in_features) == (out_features, in_features)
