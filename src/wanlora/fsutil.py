@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from . import faults
+from .errors import WanloraError
+
+# errnos that mean "the disk (or the quota, or the file-size limit) is full"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_FULL_TEXTS = ("os error 28", "os error 122", "os error 27", "no space left", "quota exceeded")
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `target`; on success it is fsynced and renamed over it.
 
-    On any exception the temporary file is removed and `target` is untouched.
+    On any exception the temporary file is removed and `target` is untouched; a full disk
+    becomes a WanloraError naming the folder.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -22,14 +32,45 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        faults.point("atomic_write", target)  # test hook (faults.py): inert unless asked
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if is_disk_full(exc):
+            raise disk_full_error(target.parent) from None
         raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for lack of space (OSError anywhere in the chain, or the text
+    of a library that wraps it, e.g. safetensors' "os error 28")."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+            return True
+        text = str(exc).lower()
+        if any(t in text for t in _FULL_TEXTS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def disk_full_error(folder: str | os.PathLike, needed_bytes: int | None = None) -> WanloraError:
+    """ "no space left on <folder>: free N GB and run again" (N: what the write needs, >= 1)."""
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    need_gb = max(1, -(-int(needed_bytes or 0) // 10**9))
+    return WanloraError(
+        f"no space left on {folder} ({free / 1e9:.1f} GB free): free {need_gb} GB and run again",
+        "the files written before are intact; `wanlora train` resumes from the last saved state",
+    )
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import faults
 from ..dataset.images import load_bucketed_image
 from ..dataset.items import DatasetItem, load_items
 from ..errors import WanloraError
@@ -145,6 +146,7 @@ def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
                     "bucket": f"{e.item.bucket[0]}x{e.item.bucket[1]}",
                 },
             )
+            faults.point("cache_write", e.latent_path)  # test hook (faults.py)
             if progress:
                 progress("latents", i + 1, len(entries))
     finally:
@@ -164,6 +166,7 @@ def _encode_texts(missing: dict[Path, str], encoder_path, tokenizer_path, device
             with torch.no_grad():
                 context = encoder.encode([caption])[0]
             write_entry(path, "context", context.to(torch.bfloat16), {"caption": caption[:200]})
+            faults.point("cache_write", path)  # test hook (faults.py)
             if progress:
                 progress("text", i + 1, len(missing))
     finally:

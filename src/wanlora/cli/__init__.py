@@ -5,6 +5,7 @@ from . import (
     dataset_cmds,  # noqa: F401  (check)
     export_cmds,  # noqa: F401  (export musubi)
     project_cmds,  # noqa: F401  (registers commands)
+    sample_cmds,  # noqa: F401  (sample, report)
     setup_cmds,  # noqa: F401  (download, doctor)
     train_cmds,  # noqa: F401  (cache, train, demo)
     train_inspect_cmds,  # noqa: F401  (inspect timesteps|schedule)

@@ -25,9 +25,12 @@ def cache(
 ) -> None:
     """Compute (or reuse) latents and text embeddings for every image and caption."""
     from ..cache.build import build_cache
+    from ..train.lock import project_lock, remove_leftovers
 
     project = load_project(directory)
-    result = build_cache(project, device=_device(device))
+    with project_lock(project.root, "cache"):
+        remove_leftovers(project.root, project.output_dir, project.cache_dir)
+        result = build_cache(project, device=_device(device))
     console.print(
         f"cache: latents {result.latents_computed} computed, {result.latents_reused} reused; "
         f"text {result.texts_computed} computed, {result.texts_reused} reused; "
@@ -46,24 +49,49 @@ def train(
         False, "--restart", help="Ignore saved state; train from scratch."
     ),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+    parallel_experts: bool = typer.Option(
+        None,
+        "--parallel-experts/--sequential",
+        help="Train the two experts at the same time, one per GPU "
+        "(default: yes when there is a GPU for each).",
+    ),
+    devices: str = typer.Option(
+        None,
+        help="Devices for the worker processes, e.g. cuda:0,cuda:1 (default: every visible GPU; "
+        "cpu,cpu tries it on the CPU).",
+    ),
+    data_parallel: int = typer.Option(
+        1,
+        "--data-parallel",
+        min=1,
+        help="Train each expert over N processes (N GPUs): same epochs, N times fewer steps "
+        "of N samples each (docs/multi_gpu.md).",
+    ),
 ) -> None:
     """Check the dataset, (re)build caches, then train each expert's LoRA."""
     project = load_project(directory)
     _train_with_progress(
         project,
         experts=expert or None,
-        device=_device(device),
+        device=_device(device) if device else None,
         overwrite=overwrite,
         restart=restart,
+        devices=[d.strip() for d in devices.split(",") if d.strip()] if devices else None,
+        parallel_experts=parallel_experts,
+        data_parallel=data_parallel,
     )
 
 
 def _train_with_progress(project, **kwargs):
     from ..train.run import run_training
     from .progress import TrainingProgress
+    from .sample_cmds import sampling_during_training
 
-    with TrainingProgress(console) as progress:
-        results = run_training(project, on_step=progress, **kwargs)
+    with (
+        sampling_during_training(project, kwargs.get("device")) as on_epoch_end,
+        TrainingProgress(console) as progress,
+    ):
+        results = run_training(project, on_step=progress, on_epoch_end=on_epoch_end, **kwargs)
     for r in results:
         verb = "already trained" if r.skipped else f"trained {r.steps} steps"
         console.print(f"{r.expert}: {verb} -> {r.lora_path}")

@@ -17,22 +17,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from .. import faults
 from ..cache.build import build_cache, default_device, load_cached_tensors
 from ..dataset.items import DatasetItem, load_items
 from ..dataset.order import epoch_batches, steps_per_epoch
 from ..errors import WanloraError
 from ..models.registry import resolve_model_path
 from ..recipes import Project
+from .acceleration import (
+    dit_weight_count,
+    plan_speed,
+    prepare_base,
+    prepare_for_speed,
+    tokens_for_resolution,
+)
 from .lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from .lora_file import lora_metadata, save_lora_file
 from .precision import autocast, compute_dtype, grad_scaler
 from .schedule import make_scheduler
 from .state import (
     TrainState,
+    clear_states,
     latest_state_dir,
     load_state,
     read_state_meta,
@@ -40,6 +50,9 @@ from .state import (
     save_state,
 )
 from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +119,14 @@ def train_expert(
     on_step: StepCallback | None = None,
     on_epoch_end: EpochCallback | None = None,
     log_dir: Path | None = None,
+    data_parallel: DataParallel | None = None,
 ) -> ExpertResult:
     """Train one expert's LoRA; resume from output/state/<expert>/ when a state is there."""
     config = project.config
+    dp = data_parallel  # this rank's share of a data-parallel run (distributed.py)
+    if dp is not None:  # N ranks compute the one-process run with N x the accumulation
+        config = dp.effective_config(config)
+    is_main = dp is None or dp.rank == 0  # rank 0 alone writes files
     settings = config.experts[expert]
     device = device or default_device()
     out_path = output_path(project, expert)
@@ -155,12 +173,21 @@ def train_expert(
         )
     file_dtype = _dit_file_dtype(dit_path)
     dtype = compute_dtype(config.training.mixed_precision, file_dtype, dit_path)
-    model, _info = load_dit(
-        dit_path, dtype=dtype, device=device, fp8_round=config.training.fp8_base
+    # speed (acceleration.py): fp8 storage of the block linears, recompute policy, compiled
+    # blocks; the defaults keep the reference's numerics, training.speed = "fast" does not
+    plan = plan_speed(
+        config.training,
+        device,
+        dtype,
+        weight_count=dit_weight_count(dit_path),
+        tokens=tokens_for_resolution(config.dataset.resolution),
     )
+    model, _info = load_dit(
+        dit_path, dtype=plan.load_dtype, device=device, fp8_round=config.training.fp8_base
+    )
+    prepare_base(model, plan)
     add_lora(model, config.lora)
-    if config.training.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
+    prepare_for_speed(model, plan, device)
     model.train()
 
     # --- 4. optimiser, schedule, loss scaling, RNG ---------------------------------------
@@ -182,18 +209,25 @@ def train_expert(
         _check_resume(state, data_hash, r_hash, state_dir)
         load_lora_state_dict(model, tensors)
         log.info("%s: resuming at step %d/%d from %s", expert, state.step, total_steps, state_dir)
+    if dp is not None:  # a rank can reach a step with no batch of its own (an epoch's tail):
+        scaler.scale(torch.zeros((), device=device))  # set up the fp16 loss scale now
 
-    writer = _tensorboard(log_dir or project.output_dir / "logs", expert)
+    writer = _tensorboard(log_dir or project.output_dir / "logs", expert) if is_main else None
     started = time.time()
     save_every = config.training.save_state_every_n_steps
     last_loss: float | None = None
 
     def save(finished: bool) -> None:
+        if not is_main:
+            return
         state.finished = finished
         tensors = lora_state_dict(model, config.lora.network_alpha, torch.float32)
         save_state(
             project.output_dir, expert, state, tensors, optimizer, scheduler, scaler, generator
         )
+
+    if state_dir is None and is_main:  # a fresh start (--restart, --overwrite): old states go
+        clear_states(project.output_dir, expert)
 
     # --- 5. the loop ----------------------------------------------------------------------
     try:
@@ -203,18 +237,25 @@ def train_expert(
             for b in range(start_batch, len(batches)):
                 step_start = time.perf_counter()
                 lr = scheduler.get_last_lr()[0]
-                loss = _training_step(
-                    model, samples, batches[b], config, settings, generator, device, dtype, scaler
-                )
-                if not math.isfinite(loss):  # checked before the optimiser touches the weights
+                stepped = (b + 1) % accumulation == 0 or b + 1 == len(batches)
+                batch = batches[b]
+                if dp is None or dp.owns(b):
+                    loss = _training_step(
+                        model, samples, batch, config, settings, generator, device, dtype, scaler
+                    )
+                else:  # another rank trains on this batch: take its draws off the generator
+                    _draws(samples, batch, config, settings, generator)
+                    loss = None
+                if dp is not None:  # at a step: gradients summed, mean loss over the ranks
+                    loss = dp.after_micro_batch(loss, stepped, lora_parameters(model))
+                if loss is not None and not math.isfinite(loss):  # before the optimiser step
                     raise WanloraError(
                         f"{expert}: the loss became {loss} at step {state.step + 1} (numerical overflow)",
                         "run `wanlora train` again to resume from the last good state; if it repeats, "
                         "lower optimizer.learning_rate or train from a bf16 DiT file with "
                         'training.mixed_precision = "bf16"',
                     )
-                last_loss = loss
-                stepped = (b + 1) % accumulation == 0 or b + 1 == len(batches)
+                last_loss = loss if loss is not None else last_loss
                 if stepped:
                     if opt.max_grad_norm > 0:
                         scaler.unscale_(optimizer)
@@ -224,6 +265,7 @@ def train_expert(
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.step += 1
+                    faults.point("step")  # test hook (faults.py): inert unless asked
                 state.epoch, state.batch_in_epoch = (
                     (epoch + 1, 0) if b + 1 == len(batches) else (epoch, b + 1)
                 )
@@ -275,9 +317,26 @@ def train_expert(
         dataset_hash=data_hash,
         started_at=started,
     )
-    save_lora_file(out_path, tensors, metadata)
-    save(finished=True)
+    save(finished=True)  # first: a kill before the LoRA is written resumes to write it
+    if is_main:
+        save_lora_file(out_path, tensors, metadata)
     return ExpertResult(expert, out_path, state.step, last_loss)
+
+
+def _draws(samples, batch, config, settings, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's random draws, in order: noise, then timesteps. Every draw from the
+    generator goes through here: data-parallel ranks replay the draws of the other ranks'
+    batches with it, so that each batch gets the noise it gets in one process."""
+    shape = (len(batch), *samples[batch[0]][0].shape)
+    noise = torch.randn(shape, generator=generator)
+    t = sample_timesteps(
+        len(batch),
+        config.timesteps,
+        settings.min_timestep,
+        settings.max_timestep,
+        generator=generator,
+    )
+    return noise, t
 
 
 def _training_step(
@@ -286,14 +345,7 @@ def _training_step(
     """Forward + backward for one micro-batch; returns the loss value."""
     latents = torch.stack([samples[i][0] for i in batch]).float()
     context = torch.stack([pad_context(samples[i][1]) for i in batch]).float()
-    noise = torch.randn(latents.shape, generator=generator)
-    t = sample_timesteps(
-        len(batch),
-        config.timesteps,
-        settings.min_timestep,
-        settings.max_timestep,
-        generator=generator,
-    )
+    noise, t = _draws(samples, batch, config, settings, generator)
     noisy, target = noisy_and_target(latents, noise, t)
     noisy, target, t, context = (
         noisy.to(device),

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import faults
 from ..errors import WanloraError
+from ..fsutil import disk_full_error, is_disk_full
 from ..recipes.schema import RecipeConfig
 from .lora_file import read_lora_file, save_lora_file
 
@@ -80,24 +82,37 @@ def save_state(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_lora_file(tmp / "lora.safetensors", lora_tensors, {})
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(),
-            "python_rng": random.getstate(),
-        },
-        tmp / "trainer.pt",
-    )
-    _write_json(tmp / "meta.json", state.__dict__)  # written last: its presence marks completeness
-    _fsync_tree(tmp)
-    if final.exists():  # same step saved again (e.g. final save right after a periodic one)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    try:
+        save_lora_file(tmp / "lora.safetensors", lora_tensors, {})
+        with open(tmp / "trainer.pt", "wb") as f:  # a file object: a full disk stays an OSError
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "numpy_rng": np.random.get_state(),
+                    "python_rng": random.getstate(),
+                },
+                f,
+            )
+        faults.point("state_write", tmp)  # test hook (faults.py): inert unless asked
+        _write_json(tmp / "meta.json", state.__dict__)  # written last: marks completeness
+        _fsync_tree(tmp)
+    except BaseException as exc:  # no half-written folder left behind (a kill leaves one: _prune)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, WanloraError) or is_disk_full(exc):
+            needed = 4 * sum(t.numel() * 4 for t in lora_tensors.values())  # lora + Adam, fp32
+            raise disk_full_error(root, needed) from None
+        raise
+    if final.exists():  # same step saved again (e.g. a stop right after a periodic save):
+        old = root / f".tmp-old-{final.name}-{os.getpid()}"  # move it aside, never delete first
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
     _prune(root)
     return final
 
@@ -126,6 +141,16 @@ def load_state(
     np.random.set_state(trainer["numpy_rng"])
     random.setstate(trainer["python_rng"])
     return TrainState(**meta), tensors
+
+
+def clear_states(output_dir: Path, expert: str) -> None:
+    """Remove an earlier run's states before a fresh start: otherwise their higher step numbers
+    would win over the new run's (in _prune and in a resume after a kill)."""
+    root = state_root(output_dir, expert)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def read_state_meta(state_dir: Path) -> TrainState:

@@ -1,0 +1,448 @@
+"""Time warm training steps of one Wan 2.2 expert + LoRA, per speed mode, side by side.
+
+Builds the DiT with random weights directly on the device (no file): the 14B expert by
+default (dim 5120, 40 layers, 40 heads, ffn 13824, text_dim 4096, freq_dim 256), or tiny
+dims with --tiny (the CPU smoke test). Every variant runs the library's own training step
+(wanlora.train.loop._training_step: fp16 autocast, GradScaler, MSE in float32) on the same
+data and the same LoRA initialisation, so the loss curves are comparable.
+
+    python benchmarks/bench_step.py --all --out DIR        # every variant, fresh process each
+    python benchmarks/bench_step.py --variant exact        # one variant, this process
+    python benchmarks/bench_step.py --tiny --all --inline  # CPU smoke run
+
+Variants (see VARIANTS): "reference" is the direct port (diffusers layerwise fp8 casting,
+fp16 autocast + GradScaler, every block checkpointed, SDPA, no compile); the others go through
+wanlora.train.acceleration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+FULL = dict(dim=5120, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256, latent=120)
+TINY = dict(dim=256, ffn_dim=512, num_layers=2, text_dim=64, freq_dim=256, latent=8)
+TEXT_TOKENS = 120  # real caption tokens, padded to 512 by the training step
+
+# name -> (speed, compile, checkpointing, fp8_storage, description)
+VARIANTS: dict[str, dict] = {
+    "reference": dict(desc="direct port: layerwise fp8 hooks, full ckpt, eager"),
+    "exact-eager": dict(
+        speed="exact",
+        compile="off",
+        checkpointing="full",
+        fp8_storage="on",
+        desc="exact, Fp8Linear storage, full ckpt, eager",
+    ),
+    "exact-lowmem": dict(
+        speed="exact",
+        compile="on",
+        checkpointing="full",
+        fp8_storage="on",
+        desc="exact, fp8 storage, full ckpt, compiled",
+    ),
+    "exact": dict(
+        speed="exact",
+        compile="on",
+        checkpointing="auto",
+        fp8_storage="off",
+        desc="exact, 16-bit storage, auto ckpt, compiled",
+    ),
+    "exact-fp8-auto": dict(
+        speed="exact",
+        compile="on",
+        checkpointing="auto",
+        fp8_storage="on",
+        desc="exact, fp8 storage, auto ckpt, compiled",
+    ),
+    "fast": dict(
+        speed="fast",
+        compile="on",
+        checkpointing="auto",
+        fp8_storage="on",
+        desc="FAST (fp8 matmuls), auto ckpt, compiled",
+    ),
+    "fast-lowmem": dict(
+        speed="fast",
+        compile="on",
+        checkpointing="full",
+        fp8_storage="on",
+        desc="FAST (fp8 matmuls), full ckpt, compiled",
+    ),
+}
+VARIANTS["fast-eager"] = dict(VARIANTS["fast"], compile="off", desc="FAST, eager (smoke test)")
+VARIANTS["exact-cudnn"] = dict(VARIANTS["exact"], sdpa="cudnn", desc="exact + cuDNN attention")
+VARIANTS["fast-cudnn"] = dict(VARIANTS["fast"], sdpa="cudnn", desc="FAST + cuDNN attention")
+VARIANTS["exact-lowmem-cudnn"] = dict(
+    VARIANTS["exact-lowmem"], sdpa="cudnn", desc="exact lowmem + cuDNN attention"
+)
+DEFAULT_ORDER = ["reference", "exact-lowmem", "exact", "fast", "fast-lowmem", "exact-eager"]
+
+
+def model_flops(cfg: dict, tokens: int, text_len: int = 512) -> dict[str, float]:
+    """Matmul FLOPs of one step (frozen base + LoRA; LoRA's own FLOPs ignored, <1%)."""
+    d, f, n = cfg["dim"], cfg["ffn_dim"], cfg["num_layers"]
+    lin = 2 * tokens * (4 * d * d + 2 * d * d + 2 * d * f)  # self q,k,v,o + cross q,o + ffn
+    lin += 2 * text_len * 2 * d * d  # cross k,v on the text
+    att = 4 * tokens * tokens * d + 4 * tokens * text_len * d  # QK^T and PV, self + cross
+    fwd = n * (lin + att)
+    # backward: input gradients of the linears (= their forward), attention 2x its forward
+    useful = n * (2 * lin + 3 * att)
+    return {"forward": fwd, "useful": useful, "linear_fwd": n * lin, "attention_fwd": n * att}
+
+
+def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """The DiT as load_dit builds it, with random fp8-rounded weights made on `device`."""
+    from diffusers import WanTransformer3DModel
+
+    from wanlora.models.assign import assign_parameter, build_on_meta
+    from wanlora.models.dit import (
+        FLOAT32_TENSOR_PREFIXES,
+        DitInfo,
+        Float32TimeConditionEmbedder,
+        diffusers_key_to_wan,
+    )
+
+    info = DitInfo(
+        path=Path("random"),
+        dim=cfg["dim"],
+        ffn_dim=cfg["ffn_dim"],
+        num_layers=cfg["num_layers"],
+        num_heads=cfg["dim"] // 128,
+        in_channels=16,
+        out_channels=16,
+        text_dim=cfg["text_dim"],
+        freq_dim=cfg["freq_dim"],
+        patch_size=(1, 2, 2),
+        file_dtype=torch.float16,
+        compute_dtype=torch.float16,
+    )
+    model = build_on_meta(lambda: WanTransformer3DModel(**info.diffusers_config()))
+    gen = torch.Generator(device).manual_seed(seed)
+    for name, param in list(model.named_parameters()):
+        shape = tuple(param.shape)
+        if name.endswith("bias"):
+            tensor = torch.zeros(shape, device=device)
+        elif "norm" in name:
+            tensor = torch.ones(shape, device=device)
+        elif "scale_shift_table" in name:
+            tensor = torch.randn(shape, device=device, generator=gen) / cfg["dim"] ** 0.5
+        else:
+            fan_in = max(1, int(torch.tensor(shape[1:]).prod().item()) if len(shape) > 1 else 1)
+            std = min(0.02, fan_in**-0.5)
+            tensor = torch.randn(shape, device=device, generator=gen, dtype=torch.float16) * std
+        tensor = tensor.to(torch.float8_e4m3fn)  # the recipe's fp8_base rounding
+        wan = diffusers_key_to_wan(name) or ""
+        target = torch.float32 if wan.startswith(FLOAT32_TENSOR_PREFIXES) else dtype
+        assign_parameter(model, name, tensor.to(target), Path("random"))
+        del tensor
+    model.to(device)
+    model.condition_embedder = Float32TimeConditionEmbedder(model.condition_embedder, info.freq_dim)
+    model.eval()
+    return model
+
+
+def make_samples(cfg: dict, n: int = 4, seed: int = 1):
+    gen = torch.Generator("cpu").manual_seed(seed)
+    side = cfg["latent"]
+    return [
+        (
+            torch.randn(16, 1, side, side, generator=gen),
+            torch.randn(TEXT_TOKENS, cfg["text_dim"], generator=gen) * 0.1,
+        )
+        for _ in range(n)
+    ]
+
+
+def run_variant(name: str, cfg: dict, device: torch.device, warmup: int, steps: int) -> dict:
+    from wanlora.recipes import load_recipe
+    from wanlora.train.acceleration import plan_speed, prepare_base, prepare_for_speed
+    from wanlora.train.lora import add_lora, lora_parameters
+    from wanlora.train.precision import grad_scaler
+
+    spec = VARIANTS[name]
+    recipe = load_recipe("wan22-t2v")
+    dtype = torch.float16
+    expert = recipe.experts["low"]
+    tokens = (cfg["latent"] // 2) ** 2
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    plan = None
+    if name == "reference":
+        model = build_random_dit(cfg, device, dtype)
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        torch.manual_seed(0)
+        add_lora(model, recipe.lora)
+        model.enable_gradient_checkpointing()
+    else:
+        training = recipe.training.model_copy(
+            update={k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
+        )
+        plan = plan_speed(training, device, dtype, weight_count=0, tokens=tokens)
+        model = build_random_dit(cfg, device, plan.load_dtype)
+        prepare_base(model, plan)
+        torch.manual_seed(0)
+        add_lora(model, recipe.lora)
+        prepare_for_speed(model, plan, device)
+    model.train()
+    build_s = time.perf_counter() - t0
+    n_ckpt = len(model.blocks) if name == "reference" else len(model.wanlora_checkpointed)
+    optimizer = torch.optim.AdamW(lora_parameters(model), lr=3e-4, weight_decay=0.1)
+    scaler = grad_scaler(device, dtype)
+    generator = torch.Generator("cpu").manual_seed(5)
+    samples = make_samples(cfg)
+    weights_gib = torch.cuda.memory_allocated(device) / 2**30 if cuda else 0.0
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    attention = contextlib.nullcontext()
+    if spec.get("sdpa") == "cudnn":
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
+        order += [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+        attention = sdpa_kernel(order, set_priority=True)
+    with attention:
+        times, losses = _steps(
+            model,
+            samples,
+            recipe,
+            expert,
+            generator,
+            device,
+            dtype,
+            scaler,
+            optimizer,
+            warmup,
+            steps,
+        )
+    result = _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt)
+    if plan is not None:
+        result["plan"] = {k: str(v) for k, v in plan.__dict__.items()}
+    return result
+
+
+def _steps(
+    model, samples, recipe, expert, generator, device, dtype, scaler, optimizer, warmup, steps
+):
+    from wanlora.train.loop import _training_step
+
+    cuda = device.type == "cuda"
+    times, losses = [], []
+    for step in range(warmup + steps):
+        if cuda and step == warmup:
+            torch.cuda.reset_peak_memory_stats(device)
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        loss = _training_step(
+            model, samples, [step % len(samples)], recipe, expert, generator, device, dtype, scaler
+        )
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+        losses.append(loss)
+    return times, losses
+
+
+def _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt):
+    cuda = device.type == "cuda"
+    timed = times[warmup:]
+    result = {
+        "variant": name,
+        "desc": spec["desc"],
+        "s_per_step": statistics.median(timed),
+        "s_min": min(timed),
+        "s_max": max(timed),
+        "first_step_s": times[0],
+        "build_s": build_s,
+        "weights_gib": weights_gib,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0,
+        "reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else 0.0,
+        "blocks_recomputed": n_ckpt,
+        "losses": losses,
+        "times": times,
+    }
+    return result
+
+
+def measure_peaks(device: torch.device) -> dict:
+    """bf16 and fp8 (torch._scaled_mm) matmul rates at 8192^3, random data, median of 20."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    a8, b8 = a.to(torch.float8_e4m3fn), b.to(torch.float8_e4m3fn)
+    one = torch.tensor(1.0, device=device)
+
+    def bench(fn):
+        for _ in range(3):
+            fn()
+        out = []
+        for _ in range(20):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            fn()
+            e.record()
+            torch.cuda.synchronize()
+            out.append(s.elapsed_time(e) / 1e3)
+        return 2 * n**3 / statistics.median(out) / 1e12
+
+    bf16 = bench(lambda: a @ b)
+    ah, bh = a.half(), b.half()
+    fp16 = bench(lambda: ah @ bh)
+    fp8 = bench(
+        lambda: torch._scaled_mm(a8, b8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    )
+    return {"bf16_tflops": bf16, "fp8_tflops": fp8, "fp16_tflops": fp16}
+
+
+def table(results: list[dict], peaks: dict, flops: dict, ref_s: float = 1.258) -> str:
+    useful = flops["useful"] / 1e12
+    lines = [
+        f"model FLOPs/step: forward {flops['forward'] / 1e12:.1f} TFLOP, useful (fwd+bwd) "
+        f"{useful:.1f} TFLOP; measured peak bf16 {peaks.get('bf16_tflops', 0):.0f}, "
+        f"fp8 {peaks.get('fp8_tflops', 0):.0f} TFLOP/s",
+        "| variant | what | s/step | peak GiB | recomputed blocks | MFU (bf16 peak) | vs reference 1.258 | vs in-run reference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = next(
+        (r["s_per_step"] for r in results if r["variant"] == "reference" and "error" not in r), None
+    )
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | FAILED: {r['error'][:80]} | | | | | | |")
+            continue
+        s = r["s_per_step"]
+        mfu = useful / s / peaks["bf16_tflops"] if peaks.get("bf16_tflops") else float("nan")
+        rel = f"{base / s:.2f}x" if base else "-"
+        lines.append(
+            f"| {r['variant']} | {r['desc']} | {s:.3f} | {r['peak_gib']:.1f} | "
+            f"{r['blocks_recomputed']} | {mfu:.0%} | {ref_s / s:.2f}x | {rel} |"
+        )
+    return "\n".join(lines)
+
+
+def loss_diffs(results: list[dict]) -> str:
+    by = {r["variant"]: r for r in results if "error" not in r}
+    lines = []
+    for a, b in [
+        ("exact", "fast"),
+        ("exact-lowmem", "fast-lowmem"),
+        ("reference", "exact"),
+        ("reference", "exact-lowmem"),
+        ("exact-eager", "exact-lowmem"),
+    ]:
+        if a in by and b in by:
+            la, lb = torch.tensor(by[a]["losses"]), torch.tensor(by[b]["losses"])
+            rel = (la - lb).abs() / la.abs().clamp(min=1e-12)
+            lines.append(
+                f"loss {b} vs {a}: max rel diff {rel.max():.2e}, mean {rel.mean():.2e} over "
+                f"{len(la)} steps; mean loss {la.mean():.5f} vs {lb.mean():.5f}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny dims (CPU smoke test)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--variant", help="run one variant in this process, print JSON")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--variants", default=",".join(DEFAULT_ORDER))
+    p.add_argument("--inline", action="store_true", help="all variants in this process")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--timeout", type=int, default=600)
+    args = p.parse_args(argv)
+    cfg = TINY if args.tiny else FULL
+    device = torch.device(args.device)
+    tokens = (cfg["latent"] // 2) ** 2
+
+    if args.variant:
+        try:
+            result = run_variant(args.variant, cfg, device, args.warmup, args.steps)
+        except Exception as exc:  # reported, not fatal: the other variants still run
+            import traceback
+
+            traceback.print_exc()
+            result = {"variant": args.variant, "error": f"{type(exc).__name__}: {exc}"}
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    peaks = measure_peaks(device) if device.type == "cuda" else {}
+    print("peaks", peaks, flush=True)
+    results = []
+    for name in args.variants.split(","):
+        if args.inline:
+            try:
+                results.append(run_variant(name, cfg, device, args.warmup, args.steps))
+            except Exception as exc:
+                results.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            name,
+            "--device",
+            args.device,
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ]
+        cmd += ["--tiny"] if args.tiny else []
+        env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env=env, timeout=args.timeout
+            )
+            out = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else str(exc.stdout)
+            out += "\nTIMEOUT"
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{name}.log").write_text(out)
+        line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+        res = json.loads(line[7:]) if line else {"variant": name, "error": out.strip()[-300:]}
+        res["process_s"] = time.perf_counter() - t0
+        results.append(res)
+        print(name, {k: v for k, v in res.items() if k not in ("losses", "times")}, flush=True)
+        if args.out:  # after each variant: a later timeout keeps what finished
+            (args.out / "partial.json").write_text(json.dumps({"peaks": peaks, "results": results}))
+    flops = model_flops(cfg, tokens)
+    summary = table(results, peaks, flops) + "\n" + loss_diffs(results)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "cmd": " ".join(sys.argv),
+    }
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(
+            json.dumps({"meta": meta, "peaks": peaks, "flops": flops, "results": results}, indent=1)
+        )
+        (args.out / "table.md").write_text(summary + "\n")
+    print(meta)
+    print(summary)
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Fault injection for the reliability tests (tests/test_reliability_*.py); inert by default.
+
+The library calls `point(name)` at a few places where a crash or a full disk would hurt most.
+Unless the environment variable WANLORA_FAULT_AT is set, a call is one dict lookup and does
+nothing. WANLORA_FAULT_AT holds comma-separated rules `NAME[GLOB]:N[:ACTION]`:
+
+    NAME    the point: cache_write (after a cache entry is written, build.py), step (after an
+            optimiser step, loop.py), state_write (a state folder half written: trainer.pt
+            there, meta.json not yet, state.py), atomic_write (a temporary file fully
+            written, not yet renamed over its target, fsutil.py)
+    GLOB    optional fnmatch pattern on the path passed with the point, e.g.
+            atomic_write[*Noise*]:1 hits the first LoRA file written, not cache entries
+    N       act at the N-th matching call in this process (1-based)
+    ACTION  kill (default: SIGKILL this process, like a preempted machine) or enospc (raise
+            OSError(ENOSPC), like a full disk)
+
+Example: WANLORA_FAULT_AT="state_write:2" kills `wanlora train` half-way through its second
+state save. Counters are per process, so a resumed run counts from zero again.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import re
+import signal
+
+ENV = "WANLORA_FAULT_AT"
+_RULE = re.compile(r"(\w+)(?:\[([^\]]+)\])?:(\d+)(?::(kill|enospc))?")
+_counts: dict[int, int] = {}
+_rules: list[tuple[str, str | None, int, str]] | None = None
+
+
+def _parse(spec: str) -> list[tuple[str, str | None, int, str]]:
+    rules = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        m = _RULE.fullmatch(part)
+        if m is None:
+            raise ValueError(f"{ENV}: bad rule {part!r} (expected NAME[GLOB]:N[:kill|enospc])")
+        rules.append((m[1], m[2], int(m[3]), m[4] or "kill"))
+    return rules
+
+
+def point(name: str, path: os.PathLike | str | None = None) -> None:
+    """A named fault point; acts only when a WANLORA_FAULT_AT rule matches."""
+    global _rules
+    if _rules is None:
+        spec = os.environ.get(ENV, "")
+        if not spec:
+            return
+        _rules = _parse(spec)
+    for i, (rule_name, glob, n, action) in enumerate(_rules):
+        if rule_name != name or (glob and not fnmatch.fnmatch(str(path or ""), glob)):
+            continue
+        _counts[i] = _counts.get(i, 0) + 1
+        if _counts[i] != n:
+            continue
+        if action == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path or ""))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reset() -> None:
+    """Forget parsed rules and counters (for tests that change WANLORA_FAULT_AT in-process)."""
+    global _rules
+    _rules = None
+    _counts.clear()
