@@ -224,3 +224,13 @@ def test_steps_follow_dataset_size_and_repeats(project_dir):
     with pytest.raises(StopTraining):
         train_expert(load_project(project_dir), "low", device=CPU, on_step=stop)
     assert reports[0].total_steps == 36  # 18 images x 2 repeats
+
+
+def test_out_of_memory_is_one_line_with_what_to_do(project_dir):
+    def oom(report):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(
+        WanloraError, match="out of GPU memory at step 1 -- close other GPU programs"
+    ):
+        train_expert(load_project(project_dir), "high", device=CPU, on_step=oom)

@@ -383,29 +383,15 @@ def _check_resume(state: TrainState, data_hash: str, r_hash: str, state_dir: Pat
 
 def _dit_file_dtype(path: Path) -> torch.dtype:
     """The dtype of the DiT's block weights, read from the safetensors header only."""
-    from safetensors import safe_open
+    from ..models.files import read_safetensors_header
 
-    dtypes = {
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "F32": torch.float32,
-        "F8_E4M3": torch.float8_e4m3fn,
-    }
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            key = next((k for k in f.keys() if k.endswith("self_attn.q.weight")), None)  # noqa: SIM118
-            if key is None:
-                raise WanloraError(
-                    f"{path}: not a Wan DiT file (no self_attn weights)", "check experts.*.dit"
-                )
-            return dtypes[f.get_slice(key).get_dtype()]
-    except WanloraError:
-        raise
-    except Exception as exc:
+    header = read_safetensors_header(path)  # a clear error for pickles and truncated files
+    key = next((k for k in header if k.endswith("self_attn.q.weight")), None)
+    if key is None:
         raise WanloraError(
-            f"{path}: cannot read this file as safetensors ({exc})",
-            "re-download it with `wanlora download`",
-        ) from None
+            f"{path}: not a Wan DiT file (no self_attn weights)", "check experts.*.dit"
+        )
+    return header[key][0]
 
 
 def _tensorboard(log_dir: Path, expert: str):
