@@ -85,6 +85,14 @@ def test_a_corrupt_entry_is_recomputed_not_used(project):
     load_cached_tensors(again.entries)  # all verify now
 
 
+def test_another_entrys_file_copied_over_an_entry_is_recomputed(project):
+    result = build_cache(project, device=CPU)
+    a, b = result.entries[0].latent_path, result.entries[1].latent_path
+    a.write_bytes(b.read_bytes())  # a valid file, but the wrong image's latents
+    again = build_cache(project, device=CPU)
+    assert again.latents_computed == 1 and again.latents_reused == 17
+
+
 def test_a_changed_vae_file_invalidates_latents_only(project):
     from safetensors.torch import load_file, save_file
 

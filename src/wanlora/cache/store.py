@@ -1,7 +1,8 @@
 """Cache entries on disk: one safetensors file per entry, verified when read.
 
-Each file carries the sha256 of its tensor's bytes in its metadata; an entry whose file is
-truncated, corrupt or does not match is treated as missing and recomputed, never trained on.
+Each file carries its own cache key (the file name) and the sha256 of its tensor's bytes in
+its metadata; an entry whose file is truncated, corrupt, does not match, or is another
+entry's file copied over it is treated as missing and recomputed, never trained on.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def tensor_sha256(tensor: torch.Tensor) -> str:
 
 def write_entry(path: Path, name: str, tensor: torch.Tensor, info: dict[str, str]) -> None:
     tensor = tensor.detach().to("cpu").contiguous()
-    metadata = {**info, "sha256": tensor_sha256(tensor)}
+    metadata = {**info, "key": path.stem, "sha256": tensor_sha256(tensor)}
     with atomic_path(path) as tmp:
         save_file({name: tensor}, str(tmp), metadata=metadata)
 
@@ -36,9 +37,9 @@ def read_entry(path: Path, name: str) -> torch.Tensor | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             tensor = f.get_tensor(name)
-            expected = (f.metadata() or {}).get("sha256")
+            metadata = f.metadata() or {}
     except Exception:  # truncated / not safetensors / wrong key: recompute
         return None
-    if expected != tensor_sha256(tensor):
+    if metadata.get("key") != path.stem or metadata.get("sha256") != tensor_sha256(tensor):
         return None
     return tensor
