@@ -241,7 +241,7 @@ def hold_lock(root: Path) -> subprocess.Popen:
     return proc
 
 
-def test_a_second_train_or_cache_on_the_same_project_refuses_naming_the_pid(
+def test_a_second_train_cache_or_caption_on_the_same_project_refuses_naming_the_pid(
     trained, zygote, tmp_path
 ):
     root = tmp_path / "project"
@@ -249,8 +249,12 @@ def test_a_second_train_or_cache_on_the_same_project_refuses_naming_the_pid(
     holder = hold_lock(root)
     try:
         before = snapshot(root)
-        for command in ("train", "cache"):
-            result = zygote.run(command, str(root), "--device", "cpu")
+        for command, *options in (
+            ("train", "--device", "cpu"),
+            ("cache", "--device", "cpu"),
+            ("caption", "--base-url", "http://127.0.0.1:9/v1"),  # refused before any request
+        ):
+            result = zygote.run(command, str(root), *options)
             message = one_line_error(result)
             assert f"pid {holder.pid}" in message and "in use by another wanlora run" in message
             assert f"kill {holder.pid}" in message

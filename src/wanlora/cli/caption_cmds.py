@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from pathlib import Path
@@ -13,6 +14,8 @@ from rich.table import Table
 
 from ..captioning import caption_dataset, caption_prompt, review_pairs
 from ..captioning.openai_backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAIBackend
+from ..recipes import PROJECT_FILE
+from ..train.lock import project_lock
 from .app import app, console, err_console
 
 
@@ -81,8 +84,11 @@ def caption(
         engine = OpenAIBackend(model, base_url)
 
     columns = (TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    # a project's captions must not change under a running `wanlora train`: take its lock
+    is_project = (Path(directory) / PROJECT_FILE).is_file()
+    lock = project_lock(Path(directory), "caption") if is_project else contextlib.nullcontext()
     try:
-        with Progress(*columns, console=err_console, transient=True) as bar:
+        with lock, Progress(*columns, console=err_console, transient=True) as bar:
             task = bar.add_task("captioning", total=None)
 
             def on_progress(done: int, total: int, image: Path | None) -> None:
