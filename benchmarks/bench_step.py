@@ -78,6 +78,13 @@ VARIANTS: dict[str, dict] = {
         desc="FAST (fp8 matmuls), full ckpt, compiled",
     ),
 }
+VARIANTS["auto"] = dict(
+    speed="exact",
+    compile="on",
+    checkpointing="auto",
+    fp8_storage="auto",
+    desc="exact, storage + recompute planned for the memory budget, compiled",
+)
 VARIANTS["fast-eager"] = dict(VARIANTS["fast"], compile="off", desc="FAST, eager (smoke test)")
 VARIANTS["exact-cudnn"] = dict(VARIANTS["exact"], sdpa="cudnn", desc="exact + cuDNN attention")
 VARIANTS["fast-cudnn"] = dict(VARIANTS["fast"], sdpa="cudnn", desc="FAST + cuDNN attention")
@@ -162,9 +169,25 @@ def make_samples(cfg: dict, n: int = 4, seed: int = 1):
     ]
 
 
-def run_variant(name: str, cfg: dict, device: torch.device, warmup: int, steps: int) -> dict:
+def cap_memory(device: torch.device, max_vram_gb: float | None) -> None:
+    """Cap this process's CUDA allocator at max_vram_gb GiB (before anything is allocated)."""
+    if max_vram_gb is None or device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, max_vram_gb * 2**30 / total), index)
+
+
+def run_variant(
+    name: str,
+    cfg: dict,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    max_vram_gb: float | None = None,
+) -> dict:
     from wanlora.recipes import load_recipe
-    from wanlora.train.acceleration import plan_speed, prepare_base, prepare_for_speed
+    from wanlora.train.acceleration import DitShape, plan_speed, prepare_base, prepare_for_speed
     from wanlora.train.lora import add_lora, lora_parameters
     from wanlora.train.precision import grad_scaler
 
@@ -186,10 +209,12 @@ def run_variant(name: str, cfg: dict, device: torch.device, warmup: int, steps: 
         add_lora(model, recipe.lora)
         model.enable_gradient_checkpointing()
     else:
-        training = recipe.training.model_copy(
-            update={k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
+        update = {k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
+        training = recipe.training.model_copy(update=dict(update, max_vram_gb=max_vram_gb))
+        shape = DitShape.wan(
+            cfg["dim"], cfg["ffn_dim"], cfg["num_layers"], cfg["text_dim"], cfg["freq_dim"]
         )
-        plan = plan_speed(training, device, dtype, weight_count=0, tokens=tokens)
+        plan = plan_speed(training, device, dtype, tokens=tokens, shape=shape, rank=16)
         model = build_random_dit(cfg, device, plan.load_dtype)
         prepare_base(model, plan)
         torch.manual_seed(0)
@@ -227,8 +252,12 @@ def run_variant(name: str, cfg: dict, device: torch.device, warmup: int, steps: 
             steps,
         )
     result = _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt)
+    result["max_vram_gb"] = max_vram_gb
     if plan is not None:
         result["plan"] = {k: str(v) for k, v in plan.__dict__.items()}
+        result["plan_text"] = plan.describe()
+        if plan.predicted_peak is not None:
+            result["predicted_peak_gib"] = plan.predicted_peak / 2**30
     return result
 
 
@@ -315,21 +344,25 @@ def table(results: list[dict], peaks: dict, flops: dict, ref_s: float = 1.258) -
         f"model FLOPs/step: forward {flops['forward'] / 1e12:.1f} TFLOP, useful (fwd+bwd) "
         f"{useful:.1f} TFLOP; measured peak bf16 {peaks.get('bf16_tflops', 0):.0f}, "
         f"fp8 {peaks.get('fp8_tflops', 0):.0f} TFLOP/s",
-        "| variant | what | s/step | peak GiB | recomputed blocks | MFU (bf16 peak) | vs reference 1.258 | vs in-run reference |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | what | plan | s/step | peak GiB (predicted) | recomputed blocks | MFU (bf16 peak) | vs reference 1.258 | vs in-run reference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     base = next(
         (r["s_per_step"] for r in results if r["variant"] == "reference" and "error" not in r), None
     )
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['variant']} | FAILED: {r['error'][:80]} | | | | | | |")
+            lines.append(f"| {r['variant']} | FAILED: {r['error'][:80]} | | | | | | | |")
             continue
         s = r["s_per_step"]
         mfu = useful / s / peaks["bf16_tflops"] if peaks.get("bf16_tflops") else float("nan")
         rel = f"{base / s:.2f}x" if base else "-"
+        pred = r.get("predicted_peak_gib")
+        peak = f"{r['peak_gib']:.1f}" + (f" ({pred:.1f})" if pred is not None else "")
+        cap = r.get("max_vram_gb")
+        plan = r.get("plan_text", "-") + (f" [cap {cap:g} GiB]" if cap else "")
         lines.append(
-            f"| {r['variant']} | {r['desc']} | {s:.3f} | {r['peak_gib']:.1f} | "
+            f"| {r['variant']} | {r['desc']} | {plan} | {s:.3f} | {peak} | "
             f"{r['blocks_recomputed']} | {mfu:.0%} | {ref_s / s:.2f}x | {rel} |"
         )
     return "\n".join(lines)
@@ -367,14 +400,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--timeout", type=int, default=600)
+    p.add_argument(
+        "--max-vram",
+        type=float,
+        default=None,
+        help="GiB: cap each variant's CUDA allocator there (set_per_process_memory_fraction, "
+        "before any allocation) and plan storage/recompute for that budget",
+    )
     args = p.parse_args(argv)
+    if args.max_vram is not None and not args.max_vram > 0:
+        p.error(f"--max-vram must be a positive number of GiB (got {args.max_vram})")
     cfg = TINY if args.tiny else FULL
     device = torch.device(args.device)
     tokens = (cfg["latent"] // 2) ** 2
 
     if args.variant:
         try:
-            result = run_variant(args.variant, cfg, device, args.warmup, args.steps)
+            cap_memory(device, args.max_vram)
+            result = run_variant(args.variant, cfg, device, args.warmup, args.steps, args.max_vram)
         except Exception as exc:  # reported, not fatal: the other variants still run
             import traceback
 
@@ -389,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants.split(","):
         if args.inline:
             try:
-                results.append(run_variant(name, cfg, device, args.warmup, args.steps))
+                results.append(
+                    run_variant(name, cfg, device, args.warmup, args.steps, args.max_vram)
+                )
             except Exception as exc:
                 results.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"})
             continue
@@ -406,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.steps),
         ]
         cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--max-vram", str(args.max_vram)] if args.max_vram is not None else []
         env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
         t0 = time.perf_counter()
         try:

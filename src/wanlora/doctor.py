@@ -8,8 +8,12 @@ Rules, stated once here:
 - Model files: a registry file must exist and be at least TRUNCATED_RATIO of the registry's
   approximate size (smaller means an interrupted or damaged download); a tokenizer folder
   must hold each of its files; a path that is not a registry id only has to exist.
-- GPU memory: `estimate_vram_bytes` (an estimate, not a measurement; see its docstring)
+- GPU memory: `estimate_vram_bytes` (the smallest speed plan's predicted peak plus the
+  planner's margin; the memory model is wanlora.train.acceleration's, the one training uses)
   against the GPU's free memory: below it FAIL, below ESTIMATE_HEADROOM x it warn.
+- Speed plan: the plan `wanlora train` will make (`plan_speed`: storage, recomputed blocks,
+  compile, predicted peak) for training.max_vram_gb, else the GPU's free memory; FAIL when
+  even the smallest plan does not fit that budget.
 - No GPU: a run can start on CPU only when every DiT file is under CPU_MAX_DIT_BYTES (the
   tiny demo models); it is slow but works. Real 14B experts on CPU: FAIL "no GPU".
   Without a project, no GPU is a warning (nothing to judge it against).
@@ -83,8 +87,11 @@ def run_doctor(project: Project | None) -> DoctorReport:
     _check_models(report, project)
     dits = _dit_sizes(project)
     biggest = max(dits, key=lambda d: d[1], default=None)
-    need = estimate_vram_bytes(project.config, dit_params(*biggest)) if biggest else None
+    shape = dit_shape(*biggest) if biggest else None
+    need = _smallest_need(project.config, shape) if shape else None
     _check_gpu(report, need, [size for _, size in dits])
+    if shape is not None:
+        _check_plan(report, project.config, shape, max(size for _, size in dits))
     _check_disk(report, project)
     return report
 
@@ -95,28 +102,122 @@ def dit_params(path: Path, size: int) -> float:
     return size if any(t in name for t in ("fp8", "e4m3", "e5m2")) else size / 2
 
 
-def estimate_vram_bytes(config: RecipeConfig, params: float) -> int:
-    """Rough peak GPU memory (bytes) to train one expert; an estimate, not a measurement.
+def dit_shape(path: Path, size: int):
+    """The DiT's shape for the memory model: from the file's header, else (not downloaded,
+    or not readable) the 14B shape scaled to the parameter count `dit_params` gives."""
+    from .train.acceleration import WAN_14B, DitShape
 
-    The experts train one after the other, so the peak is one DiT:
-    - weights: parameter count (see `dit_params`) times the bytes each weight takes on the GPU (1 with fp8_base, else 2, or 4 with no mixed precision);
-    - activations: ~6 GB for a 14B DiT at 960x960, batch 1, with gradient checkpointing,
-      scaled by pixels x batch size and by model size; x4 without checkpointing;
-    - LoRA weights, gradients and AdamW state: 16 bytes per LoRA parameter (about 5 M
-      parameters per unit of rank for a 14B DiT, scaled by model size);
-    - 1.5 GB for the CUDA context and allocator slack.
+    if path.is_file():
+        try:
+            return DitShape.from_header(path)
+        except Exception:  # noqa: BLE001 - a damaged file is reported by the models check
+            pass
+    scale = dit_params(path, size) / WAN_14B.weight_count
+    if 0.9 < scale < 1.1:
+        return WAN_14B
+    return DitShape(
+        max(1, round(WAN_14B.dim * scale)),
+        max(1, round(WAN_14B.ffn_dim * scale)),
+        WAN_14B.num_layers,
+        round(WAN_14B.linear_weights * scale),
+        round(WAN_14B.other16_weights * scale),
+        round(WAN_14B.float32_weights * scale),
+    )
+
+
+def _dtype(config: RecipeConfig):
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        config.training.mixed_precision, torch.float32
+    )
+
+
+def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str = "cuda"):
+    """The SpeedPlan `wanlora train` makes for this config (acceleration.plan_speed)."""
+    import torch
+
+    from .train.acceleration import plan_speed, tokens_for_resolution
+
+    tokens = tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size
+    return plan_speed(
+        config.training,
+        torch.device(device),
+        _dtype(config),
+        weight_count=shape.weight_count,
+        tokens=tokens,
+        shape=shape,
+        free_bytes=free_bytes,
+        rank=config.lora.network_dim,
+    )
+
+
+def _smallest_need(config: RecipeConfig, shape) -> int:
+    """GPU memory the smallest allowed plan needs: its predicted peak plus the margin."""
+    from .train.acceleration import min_budget_bytes
+
+    unbudgeted = config.model_copy(deep=True)
+    unbudgeted.training.max_vram_gb = None
+    plan = plan_for(unbudgeted, shape, free_bytes=1)  # nothing fits 1 byte: the smallest plan
+    return min_budget_bytes(plan.predicted_peak)
+
+
+def estimate_vram_bytes(config: RecipeConfig, params: float) -> int:
+    """GPU memory (bytes) one expert's training needs at least, from the planner's memory model.
+
+    The smallest speed plan the settings allow (fp8 storage with fp8_base, every block
+    recomputed with gradient checkpointing) for a DiT of `params` parameters (the 14B shape,
+    scaled), at the dataset's resolution and batch size, plus the planner's margin.
+    Example: Wan 2.2 recipe (14B, fp8 base, rank 16, 960x960) -> 17.7 GiB + margin = 19.2 GiB.
     The caching phase (umT5 encoder, ~11 GB in bf16) happens before and peaks lower.
-    Example: Wan 2.2 recipe (14B, fp8 base, rank 16) -> about 23 GB.
     """
-    training = config.training
-    stored = 1 if training.fp8_base else (4 if training.mixed_precision == "no" else 2)
-    scale = params / 14e9
-    width, height = config.dataset.resolution
-    activations = 6 * GB * scale * (width * height / 960**2) * config.dataset.batch_size
-    if not training.gradient_checkpointing:
-        activations *= 4
-    lora = 16 * 5e6 * config.lora.network_dim * scale
-    return int(params * stored + activations + lora + 1.5 * GB)
+    return _smallest_need(config, dit_shape(Path("unknown.safetensors"), int(params * 2)))
+
+
+def _check_plan(report: DoctorReport, config: RecipeConfig, shape, dit_bytes: int) -> None:
+    """One row: the speed plan training will use, and whether it fits its memory budget."""
+    import torch
+
+    from .train.acceleration import GiB, min_budget_bytes
+
+    budget = config.training.max_vram_gb
+    cuda = torch.cuda.is_available()
+    if not cuda and budget is None:
+        if dit_bytes < CPU_MAX_DIT_BYTES:
+            plan = plan_for(config, shape, free_bytes=None, device="cpu")
+            report.add("speed plan", "ok", f"CPU: {plan.describe()}")
+            return
+        plan = plan_for(config, shape, free_bytes=1)
+        report.add(
+            "speed plan",
+            "warn",
+            f"no GPU to plan for; the smallest plan ({plan.describe().split(';')[0]}) needs "
+            f"~{min_budget_bytes(plan.predicted_peak) / GiB:.1f} GiB",
+            "set training.max_vram_gb (or pass --max-vram to train) to see the plan for a card",
+        )
+        return
+    free = torch.cuda.mem_get_info()[0] if cuda else None
+    plan = plan_for(config, shape, free_bytes=free)
+    source = "training.max_vram_gb" if budget is not None else "free GPU memory"
+    detail = f"{plan.describe()} ({source})"
+    if not plan.fits:
+        need = min_budget_bytes(plan.predicted_peak) / GiB
+        report.add(
+            "speed plan",
+            "FAIL",
+            f"{detail}: does not fit; the smallest plan needs ~{need:.1f} GiB",
+            "use a card with more memory, lower dataset.resolution or batch_size "
+            "(block swapping to host memory is not implemented)",
+        )
+    elif budget is not None and free is not None and budget * GiB > free:
+        report.add(
+            "speed plan",
+            "warn",
+            f"{detail}; but only {free / GiB:.1f} GiB of the GPU is free",
+            "lower training.max_vram_gb or free GPU memory",
+        )
+    else:
+        report.add("speed plan", "ok", detail)
 
 
 # --- the checks -------------------------------------------------------------------------

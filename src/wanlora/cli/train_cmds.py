@@ -67,9 +67,17 @@ def train(
         help="Train each expert over N processes (N GPUs): same epochs, N times fewer steps "
         "of N samples each (docs/multi_gpu.md).",
     ),
+    max_vram: float = typer.Option(
+        None,
+        "--max-vram",
+        help="GPU memory budget in GiB per training process (e.g. 24 for a 24 GB card): fp8 "
+        "weight storage and recompute are chosen to fit it, numerics unchanged "
+        "(training.max_vram_gb; default: the card's free memory).",
+    ),
 ) -> None:
     """Check the dataset, (re)build caches, then train each expert's LoRA."""
     project = load_project(directory)
+    apply_max_vram(project, max_vram)
     _train_with_progress(
         project,
         experts=expert or None,
@@ -80,6 +88,20 @@ def train(
         parallel_experts=parallel_experts,
         data_parallel=data_parallel,
     )
+
+
+def apply_max_vram(project, max_vram: float | None) -> None:
+    """`--max-vram GB` onto the project's training settings (a positive number of GiB)."""
+    if max_vram is None:
+        return
+    if not max_vram > 0:  # also NaN
+        from ..errors import WanloraError
+
+        raise WanloraError(
+            f"--max-vram must be a positive number of GiB (got {max_vram})",
+            "e.g. --max-vram 24 for a 24 GB card, or leave it out to use the card's free memory",
+        )
+    project.config.training.max_vram_gb = max_vram
 
 
 def _train_with_progress(project, **kwargs):

@@ -133,6 +133,14 @@ class TrainingSettings(StrictModel):
         "expert) instead of 16 bits (28 GB); bit-identical results. auto: fp8 only when the "
         "16-bit copy would not fit the card with room for activations; needs fp8_base",
     )
+    max_vram_gb: float | None = Field(
+        None,
+        gt=0,
+        description="GPU memory budget in GiB (2^30 bytes) for one training process; the "
+        "speed plan (fp8 storage, how many blocks recompute) keeps its predicted peak under "
+        "it with a margin, with unchanged numerics. Default: the card's free memory. "
+        "`wanlora train --max-vram` sets it for one run",
+    )
 
     @model_validator(mode="after")
     def _fp8_storage_needs_fp8_values(self) -> TrainingSettings:

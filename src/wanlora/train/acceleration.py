@@ -12,7 +12,13 @@ and `training.fp8_storage` (recipes/schema.py). The defaults keep the recipe's n
   compiled graph. Same precision formats; fused elementwise kernels round a little
   differently from eager mode (benchmarks/RESULTS.md measures the loss curves).
 - recompute policy: gradient checkpointing of every block (the reference), of none, or of as
-  few as free GPU memory needs ("auto"). Recomputation does not change any value.
+  few as the memory budget needs ("auto"). Recomputation does not change any value.
+- memory budget (`training.max_vram_gb`, `wanlora train --max-vram`; default: the card's free
+  memory): `plan_speed` picks the storage (16-bit or fp8 copies of the fp8 values) and the
+  number of recomputed blocks from ONE memory model (`predict_peak_bytes`, calibrated on the
+  H100 measurements in benchmarks/RESULTS.md) so the predicted peak stays under the budget
+  minus a margin. `wanlora doctor` reports the same plan. Block swapping (weights streamed
+  from host memory) is not implemented: the 14B recipe at 960x960 fits 24 GiB without it.
 - `speed = "fast"` (opt-in, changes numerics): the block linears' matrix products run in fp8
   on the tensor cores (`torch._scaled_mm`): activations and output gradients are quantised
   per tensor to e4m3 / e5m2 with an amax scale; weights are the fp8-rounded values themselves.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,13 +44,31 @@ E5M2 = torch.float8_e5m2
 E4M3_MAX = torch.finfo(E4M3).max  # 448
 E5M2_MAX = torch.finfo(E5M2).max  # 57344
 
+GiB = 2**30
+# --- the memory model (one source of truth: plan_speed, blocks_to_checkpoint, doctor) -------
 # Activation memory of one transformer block kept for backward (no recompute), bytes per
-# token: measured 0.97 GiB per block at 3600 tokens for the 14B expert, uncompiled
-# (shared/PERF_ANCHOR.md), i.e. ~20 bytes per model-width channel + ~12 per ffn channel.
-ACT_BYTES_PER_TOKEN_DIM = 20
-ACT_BYTES_PER_TOKEN_FFN = 12
-# what "auto" leaves free on the card for the allocator, the optimiser and transients
-AUTO_RESERVE_BYTES = 6 * 2**30
+# token: measured ~0.97 GiB per block at 3600 tokens for the 14B expert, eager
+# (shared/PERF_ANCHOR.md: 66.8 GiB peak, 16-bit weights, no recompute), i.e. ~22 bytes per
+# model-width channel + ~13 per ffn channel; compiled blocks keep less (59.9 GiB peak in
+# benchmarks/RESULTS.md `exact`: ~0.80 GiB per block), hence COMPILED_ACT_FACTOR.
+ACT_BYTES_PER_TOKEN_DIM = 22
+ACT_BYTES_PER_TOKEN_FFN = 13
+COMPILED_ACT_FACTOR = 0.82
+# in a mixed plan (some blocks recomputed, some not) a kept block costs more: measured 23.0
+# GiB for 35/40 recomputed under a 24 GiB cap (RESULTS.md, 2026-11-25), i.e. ~1.07 GiB per
+# kept block against ~0.78 with no recompute at all. Not understood (backward transients of a
+# kept block next to a rebuilt one?); taken as measured.
+MIXED_KEPT_FACTOR = 1.36
+CKPT_INPUT_BYTES_PER_TOKEN_DIM = 2  # a recomputed block keeps only its 16-bit input
+LORA_STATE_BYTES = 16  # per LoRA parameter: float32 weight, gradient, AdamW's two moments
+# optimiser/loss transients, text context, time embedding: calibrated so the model gives the
+# measured 17.7 GiB of `exact-lowmem` (fp8 storage, 40/40 recomputed, compiled)
+TRANSIENT_BYTES = GiB // 2
+# kept free under the budget: CUDA context, allocator fragmentation, estimate error
+MARGIN_MIN_BYTES = 3 * GiB // 2
+MARGIN_FRACTION = 0.08
+# what the runtime "auto" fallback (no model shape known at planning time) leaves free
+AUTO_RESERVE_BYTES = 6 * GiB
 
 
 # --- fp8 linear ------------------------------------------------------------------------
@@ -152,6 +177,110 @@ def _is_fp8_exact(weight: torch.Tensor) -> bool:
 
 # --- the plan ----------------------------------------------------------------------------
 @dataclass(frozen=True)
+class DitShape:
+    """What the memory model needs to know about a DiT: widths, depth, weight counts."""
+
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    linear_weights: int  # the block linears (LoRA targets): fp8 or 16-bit storage
+    other16_weights: int  # everything else held in the compute dtype
+    float32_weights: int  # the time path (kept in float32)
+
+    @classmethod
+    def wan(
+        cls, dim: int, ffn_dim: int, num_layers: int, text_dim: int = 4096, freq_dim: int = 256
+    ):
+        """Exact counts for diffusers' WanTransformer3DModel (T2V, patch 1x2x2, 16 channels)."""
+        linear = num_layers * (8 * dim * dim + 2 * dim * ffn_dim)
+        time32 = freq_dim * dim + dim + dim * dim + dim + 6 * dim * dim + 6 * dim
+        other = 65 * dim + text_dim * dim + dim + dim * dim + dim + 64 * dim + 64 + 2 * dim
+        other += num_layers * (21 * dim + ffn_dim)
+        return cls(dim, ffn_dim, num_layers, linear, other, time32)
+
+    @classmethod
+    def from_header(cls, path: str | Path) -> DitShape:
+        """From a DiT file's safetensors header (no weights read)."""
+        from ..models.dit import FLOAT32_TENSOR_PREFIXES, infer_dit_info
+        from ..models.files import read_safetensors_header, strip_comfy_prefix
+
+        info = infer_dit_info(path)
+        linear = other = time32 = 0
+        for name, (_dtype, shape) in read_safetensors_header(path).items():
+            name = strip_comfy_prefix(name)
+            count = math.prod(shape)
+            if _BLOCK_LINEAR_KEY.fullmatch(name):
+                linear += count
+            elif name.startswith(FLOAT32_TENSOR_PREFIXES):
+                time32 += count
+            else:
+                other += count
+        return cls(info.dim, info.ffn_dim, info.num_layers, linear, other, time32)
+
+    @property
+    def weight_count(self) -> int:
+        return self.linear_weights + self.other16_weights + self.float32_weights
+
+    def lora_params(self, rank: int) -> int:
+        d, f = self.dim, self.ffn_dim
+        return self.num_layers * rank * (8 * 2 * d + 2 * (d + f))
+
+
+_BLOCK_LINEAR_KEY = re.compile(
+    r"blocks\.\d+\.(?:(?:self_attn|cross_attn)\.[qkvo]|ffn\.[02])\.weight"
+)
+# one Wan 2.2 T2V A14B expert (and Wan 2.1 T2V 14B)
+WAN_14B = DitShape.wan(5120, 13824, 40)
+
+
+def kept_block_bytes(shape: DitShape, tokens: int, compiled: bool) -> int:
+    """Activation memory one block keeps for backward when it is not recomputed."""
+    per_token = ACT_BYTES_PER_TOKEN_DIM * shape.dim + ACT_BYTES_PER_TOKEN_FFN * shape.ffn_dim
+    return int(tokens * per_token * (COMPILED_ACT_FACTOR if compiled else 1.0))
+
+
+def predict_peak_bytes(
+    shape: DitShape,
+    tokens: int,
+    *,
+    fp8_storage: bool,
+    recompute: int,
+    compiled: bool,
+    rank: int = 16,
+    weight_bytes: int = 2,
+) -> int:
+    """Predicted peak of torch.cuda.max_memory_allocated for a training step (bytes).
+
+    weights (block linears 1 byte with fp8 storage, else `weight_bytes`; the time path
+    float32) + LoRA training state + kept blocks' activations + recomputed blocks' inputs +
+    (one block rebuilt in backward, if any is recomputed) + transients. Calibrated on the H100
+    (benchmarks/RESULTS.md): exact-lowmem 17.7 GiB measured (17.7 predicted), exact 59.9
+    measured (60.8 predicted), 35/40 recomputed with fp8 storage 23.0 measured (23.0).
+    """
+    recompute = min(max(recompute, 0), shape.num_layers)
+    kept = shape.num_layers - recompute
+    weights = shape.linear_weights * (1 if fp8_storage else weight_bytes)
+    weights += shape.other16_weights * weight_bytes + shape.float32_weights * 4
+    block = kept_block_bytes(shape, tokens, compiled)
+    activations = kept * block * (MIXED_KEPT_FACTOR if recompute else 1.0)
+    activations += recompute * tokens * shape.dim * CKPT_INPUT_BYTES_PER_TOKEN_DIM
+    if recompute:
+        activations += block  # the block being rebuilt in backward
+    lora = shape.lora_params(rank) * LORA_STATE_BYTES
+    return int(weights + lora + activations + TRANSIENT_BYTES)
+
+
+def usable_bytes(budget: int) -> int:
+    """The part of a memory budget the predicted peak may use (the rest is the margin)."""
+    return int(budget - max(MARGIN_MIN_BYTES, MARGIN_FRACTION * budget))
+
+
+def min_budget_bytes(peak: int) -> int:
+    """The smallest budget whose usable part holds `peak`."""
+    return math.ceil(max(peak + MARGIN_MIN_BYTES, peak / (1 - MARGIN_FRACTION))) + 1
+
+
+@dataclass(frozen=True)
 class SpeedPlan:
     """What prepare_base / prepare_for_speed do, decided once from the settings and card."""
 
@@ -160,12 +289,34 @@ class SpeedPlan:
     fp8_compute: bool  # block linears multiply in fp8 (speed = "fast")
     compile: bool
     checkpointing: str  # "full" | "none" | "auto"
-    tokens: int | None = None  # tokens per sample, for "auto" checkpointing
+    tokens: int | None = None  # tokens per micro-batch, for "auto" checkpointing
+    # from the memory model (None: not planned, e.g. on the CPU or with no model shape)
+    recompute: int | None = None  # how many blocks recompute in backward
+    num_blocks: int | None = None
+    predicted_peak: int | None = None  # bytes
+    budget: int | None = None  # bytes: training.max_vram_gb, else the card's free memory
+    fits: bool = True  # predicted peak within the budget's usable part
 
     @property
     def load_dtype(self) -> torch.dtype:
         """The dtype to load the DiT in: fp8 when the block linears will be fp8 anyway."""
         return E4M3 if self.fp8_storage else self.compute_dtype
+
+    def describe(self) -> str:
+        """One line: storage, recompute, compile (and the prediction), for logs and doctor."""
+        storage = "fp8 storage" if self.fp8_storage else "16-bit storage"
+        if self.fp8_compute:
+            storage += " + FAST fp8 matmuls"
+        if self.recompute is not None:
+            recompute = f"{self.recompute}/{self.num_blocks} blocks recomputed"
+        else:
+            recompute = {"full": "all blocks recomputed", "none": "no recompute"}.get(
+                self.checkpointing, "recompute decided at load"
+            )
+        text = f"{storage}, {recompute}, {'compiled' if self.compile else 'eager'}"
+        if self.predicted_peak is not None and self.budget is not None:
+            text += f"; predicted peak {self.predicted_peak / GiB:.1f} GiB of {self.budget / GiB:.1f} GiB"
+        return text
 
 
 def plan_speed(
@@ -175,28 +326,26 @@ def plan_speed(
     *,
     weight_count: int | None = None,
     tokens: int | None = None,
+    shape: DitShape | None = None,
+    free_bytes: int | None = None,
+    rank: int = 16,
 ) -> SpeedPlan:
     """Resolve the "auto" settings of `training` (a TrainingSettings) for this device.
 
-    weight_count: the DiT's number of weights (for fp8_storage = "auto"); tokens: tokens per
-    training sample (for checkpointing = "auto").
+    With the DiT's `shape` and `tokens` (per micro-batch) the storage and the number of
+    recomputed blocks come from `predict_peak_bytes` (LoRA `rank`) against the budget:
+    `training.max_vram_gb`, else `free_bytes`, else the card's free memory now. Among the
+    allowed (storage, recompute) pairs that fit the budget's usable part, the fewest
+    recomputed blocks wins, then 16-bit storage (no per-use upcast). If none fits, the
+    smallest (fp8 storage if allowed, all blocks recomputed) with fits=False.
+    Without a shape (old callers): the previous free-memory rule for fp8 storage and a
+    runtime "auto" recompute count (blocks_to_checkpoint).
     """
     cuda = device.type == "cuda"
     fast = training.speed == "fast"
     fp8_base = training.fp8_base
     compile_ = {"on": True, "off": False, "auto": cuda}[training.compile]
-
-    if training.fp8_storage == "on":
-        fp8_storage = True
-    elif training.fp8_storage == "off" or not fp8_base or not cuda:
-        fp8_storage = False
-    else:  # 16-bit copies of the fp8 values when they fit with room for activations
-        free, _total = torch.cuda.mem_get_info(device)
-        need16 = 2 * (weight_count or 0) + AUTO_RESERVE_BYTES + 8 * 2**30
-        fp8_storage = need16 > free
-    if fast:
-        # the fp8 product needs fp8 weights; the block linears are fp8 in memory anyway
-        fp8_storage = True
+    max_vram = getattr(training, "max_vram_gb", None)
 
     if not training.gradient_checkpointing:
         checkpointing = "none"
@@ -204,7 +353,69 @@ def plan_speed(
         checkpointing = "full"
     else:
         checkpointing = training.checkpointing
-    return SpeedPlan(compute_dtype, fp8_storage, fast, compile_, checkpointing, tokens)
+
+    if training.fp8_storage == "on" or fast:  # fast: the fp8 product needs fp8 weights
+        storages = [True]
+    elif training.fp8_storage == "off" or not fp8_base or not cuda:
+        storages = [False]
+    else:
+        storages = [False, True]
+
+    if not cuda:
+        return SpeedPlan(compute_dtype, storages[-1], fast, compile_, checkpointing, tokens)
+
+    if max_vram is not None:
+        budget = int(max_vram * GiB)
+    elif free_bytes is not None:
+        budget = int(free_bytes)
+    else:
+        budget = torch.cuda.mem_get_info(device)[0]
+
+    if shape is None or tokens is None:  # no model shape: the previous rule
+        if len(storages) == 2:
+            need16 = 2 * (weight_count or 0) + AUTO_RESERVE_BYTES + 8 * GiB
+            storages = [need16 > budget]
+        return SpeedPlan(compute_dtype, storages[0], fast, compile_, checkpointing, tokens)
+
+    n = shape.num_layers
+    levels = {"none": [0], "full": [n]}.get(checkpointing, list(range(n + 1)))
+    usable = usable_bytes(budget)
+    weight_bytes = 4 if compute_dtype == torch.float32 else 2
+
+    def peak(fp8: bool, r: int) -> int:
+        return predict_peak_bytes(
+            shape,
+            tokens,
+            fp8_storage=fp8,
+            recompute=r,
+            compiled=compile_,
+            rank=rank,
+            weight_bytes=weight_bytes,
+        )
+
+    choice = None
+    for r in levels:  # fewest recomputed blocks first, then 16-bit before fp8
+        fitting = [fp8 for fp8 in storages if peak(fp8, r) <= usable]
+        if fitting:
+            choice = (fitting[0], r)
+            break
+    fits = choice is not None
+    if choice is None:
+        choice = (storages[-1], levels[-1])
+    fp8, r = choice
+    return SpeedPlan(
+        compute_dtype,
+        fp8,
+        fast,
+        compile_,
+        checkpointing,
+        tokens,
+        recompute=r,
+        num_blocks=n,
+        predicted_peak=peak(fp8, r),
+        budget=budget,
+        fits=fits,
+    )
 
 
 # --- preparing the model -------------------------------------------------------------------
@@ -240,13 +451,22 @@ def prepare_base(model: nn.Module, plan: SpeedPlan) -> nn.Module:
     return model
 
 
-def activation_bytes_per_block(model: nn.Module, tokens: int) -> int:
+def activation_bytes_per_block(model: nn.Module, tokens: int, compiled: bool = False) -> int:
     """Estimated activation memory one un-checkpointed block keeps for backward."""
     block = model.blocks[0]
-    dim = block.attn1.to_q.in_features if hasattr(block.attn1.to_q, "in_features") else 0
-    ffn_layer = block.ffn.net[2]
-    ffn = getattr(ffn_layer, "in_features", 0)
-    return tokens * (ACT_BYTES_PER_TOKEN_DIM * dim + ACT_BYTES_PER_TOKEN_FFN * ffn)
+    dim = getattr(block.attn1.to_q, "in_features", 0)
+    ffn = getattr(block.ffn.net[2], "in_features", 0)
+    shape = DitShape(dim, ffn, len(model.blocks), 0, 0, 0)
+    return kept_block_bytes(shape, tokens, compiled)
+
+
+def spread(n_ckpt: int, n: int) -> list[int]:
+    """n_ckpt block indices out of n, spread evenly over the depth."""
+    if n_ckpt <= 0:
+        return []
+    if n_ckpt >= n:
+        return list(range(n))
+    return sorted({math.floor(i * n / n_ckpt) for i in range(n_ckpt)})
 
 
 def blocks_to_checkpoint(model: nn.Module, plan: SpeedPlan, device: torch.device) -> list[int]:
@@ -254,14 +474,16 @@ def blocks_to_checkpoint(model: nn.Module, plan: SpeedPlan, device: torch.device
     n = len(model.blocks)
     if plan.checkpointing == "none":
         return []
-    if plan.checkpointing == "full" or plan.tokens is None or device.type != "cuda":
+    if plan.checkpointing == "full":
+        return list(range(n))
+    if plan.recompute is not None:  # planned from the memory budget (plan_speed)
+        return spread(plan.recompute, n)
+    if plan.tokens is None or device.type != "cuda":
         return list(range(n))
     free, _total = torch.cuda.mem_get_info(device)
-    per_block = max(activation_bytes_per_block(model, plan.tokens), 1)
+    per_block = max(activation_bytes_per_block(model, plan.tokens, plan.compile), 1)
     keep = int(max(0, free - AUTO_RESERVE_BYTES) // per_block)  # blocks that need no recompute
-    n_ckpt = max(0, n - keep)
-    # spread the recomputed blocks evenly over the depth
-    return sorted({math.floor(i * n / n_ckpt) for i in range(n_ckpt)}) if n_ckpt else []
+    return spread(max(0, n - keep), n)
 
 
 def set_checkpointing(model: nn.Module, indices: list[int]) -> None:
@@ -299,12 +521,15 @@ def prepare_for_speed(model: nn.Module, plan: SpeedPlan, device: torch.device) -
     if plan.compile:
         compile_blocks(model)
     log.info(
-        "speed: fp8 storage %s, fp8 compute %s, compiled %s, %d/%d blocks recomputed",
+        "speed: fp8 storage %s, fp8 compute %s, compiled %s, %d/%d blocks recomputed%s",
         plan.fp8_storage,
         plan.fp8_compute,
         plan.compile,
         len(indices),
         len(model.blocks),
+        ""
+        if plan.predicted_peak is None
+        else f" (predicted peak {plan.predicted_peak / GiB:.1f} GiB, budget {plan.budget / GiB:.1f} GiB)",
     )
     return model
 

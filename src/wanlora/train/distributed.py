@@ -31,6 +31,7 @@ import argparse
 import datetime
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue as queue_module
 import signal
@@ -255,7 +256,7 @@ def run_parallel(
 
 def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertResult]:
     ctx = multiprocessing.get_context("spawn")
-    messages = ctx.Queue()
+    messages = _Inbox(ctx)
     stop = ctx.Event()
     n_procs = sum(len(j.devices) for j in jobs)
     threads = max(1, (os.cpu_count() or 1) // n_procs)
@@ -278,13 +279,15 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
                         overwrite,
                         restart,
                         threads,
+                        project.config.training.max_vram_gb,
                     )
                     proc = ctx.Process(
                         target=_worker,
-                        args=(spec, messages, stop),
+                        args=(spec, _Outbox(messages.new_pipe()), stop),
                         name=f"wanlora-{job.expert}-{rank}",
                     )
                     proc.start()
+                    messages.close_writer()  # the worker holds its own copy now
                     procs[(job.expert, rank)] = proc
         finally:
             for k, v in saved_env.items():
@@ -374,6 +377,46 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
     return results
 
 
+class _Inbox:
+    """The parent's end of one pipe per worker. A pipe send is synchronous (multiprocessing's
+    Queue hands messages to a feeder thread, which was seen keeping a finished worker from
+    exiting under load), so a worker that has reported can always exit."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.readers: list = []
+        self._writer = None
+
+    def new_pipe(self):
+        reader, self._writer = self.ctx.Pipe(duplex=False)
+        self.readers.append(reader)
+        return self._writer
+
+    def close_writer(self) -> None:
+        self._writer.close()  # so the reader sees EOF once the worker is gone
+
+    def get(self, timeout: float):
+        for reader in multiprocessing.connection.wait(self.readers, timeout):
+            try:
+                return reader.recv()
+            except (EOFError, OSError):  # that worker has exited
+                self.readers.remove(reader)
+        raise queue_module.Empty
+
+
+class _Outbox:
+    """A worker's end: `put` sends at once."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def put(self, message) -> None:
+        self.writer.send(message)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 @dataclass
 class _WorkerSpec:
     root: Path
@@ -383,6 +426,7 @@ class _WorkerSpec:
     overwrite: bool
     restart: bool
     threads: int
+    max_vram_gb: float | None = None  # `wanlora train --max-vram`: not in wanlora.toml
 
 
 def _worker(spec: _WorkerSpec, messages, stop) -> None:
@@ -398,6 +442,8 @@ def _worker(spec: _WorkerSpec, messages, stop) -> None:
         else:
             torch.set_num_threads(spec.threads)
         project = load_project(spec.root)
+        if spec.max_vram_gb is not None:
+            project.config.training.max_vram_gb = spec.max_vram_gb
         if len(spec.job.devices) > 1:
             dp = DataParallel.init(
                 rank,
@@ -449,10 +495,7 @@ def _worker(spec: _WorkerSpec, messages, stop) -> None:
     finally:
         if dp is not None:
             dp.close()
-        # flush our messages now: left to the exit handlers, the queue's feeder thread was
-        # seen waiting forever under load, so the worker never exited
         messages.close()
-        messages.join_thread()
 
 
 # --- a launch the user makes: torchrun / accelerate launch -----------------------------------

@@ -30,7 +30,9 @@ from ..errors import WanloraError
 from ..models.registry import resolve_model_path
 from ..recipes import Project
 from .acceleration import (
-    dit_weight_count,
+    DitShape,
+    GiB,
+    min_budget_bytes,
     plan_speed,
     prepare_base,
     prepare_for_speed,
@@ -174,14 +176,20 @@ def train_expert(
     file_dtype = _dit_file_dtype(dit_path)
     dtype = compute_dtype(config.training.mixed_precision, file_dtype, dit_path)
     # speed (acceleration.py): fp8 storage of the block linears, recompute policy, compiled
-    # blocks; the defaults keep the reference's numerics, training.speed = "fast" does not
+    # blocks; the defaults keep the reference's numerics, training.speed = "fast" does not.
+    # The memory budget (training.max_vram_gb, else the card's free memory now: the cache
+    # step above has freed the VAE and text encoder) picks storage and recompute count.
+    shape = DitShape.from_header(dit_path)
     plan = plan_speed(
         config.training,
         device,
         dtype,
-        weight_count=dit_weight_count(dit_path),
-        tokens=tokens_for_resolution(config.dataset.resolution),
+        weight_count=shape.weight_count,
+        tokens=tokens_for_resolution(config.dataset.resolution) * batch_size,
+        shape=shape,
+        rank=config.lora.network_dim,
     )
+    _check_plan_fits(plan, config.training.max_vram_gb, expert)
     model, _info = load_dit(
         dit_path, dtype=plan.load_dtype, device=device, fp8_round=config.training.fp8_base
     )
@@ -366,6 +374,24 @@ def _training_step(
     scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
     scaled.backward()
     return loss.item()
+
+
+def _check_plan_fits(plan, max_vram_gb: float | None, expert: str) -> None:
+    """A budget the smallest plan cannot meet: refuse when the user set it, else warn."""
+    if plan.fits or plan.predicted_peak is None:
+        return
+    need = min_budget_bytes(plan.predicted_peak) / GiB
+    what = (
+        f"{expert}: the smallest speed plan ({plan.describe()}) does not fit the "
+        f"{plan.budget / GiB:.1f} GiB budget; it needs about {need:.1f} GiB"
+    )
+    if max_vram_gb is not None:
+        raise WanloraError(
+            what,
+            "raise --max-vram / training.max_vram_gb, lower dataset.resolution or batch_size "
+            "(block swapping to host memory is not implemented)",
+        )
+    log.warning("%s (free GPU memory); the run may run out of memory", what)
 
 
 def _check_resume(state: TrainState, data_hash: str, r_hash: str, state_dir: Path) -> None:
