@@ -306,8 +306,8 @@ def train_expert(
     except torch.OutOfMemoryError:
         raise WanloraError(
             f"{expert}: out of GPU memory at step {state.step}",
-            "close other GPU programs, keep training.gradient_checkpointing = true and training.fp8_base = true, "
-            "or use a card with more memory (see `wanlora doctor`)",
+            "close other GPU programs, or pass --max-vram N (a little under the card's memory) "
+            "so the plan stores weights in fp8 and recomputes more blocks; `wanlora doctor` shows the plan",
         ) from None
     finally:
         if writer is not None:
