@@ -16,7 +16,7 @@ Two ways to spread `wanlora train` over devices (docs/multi_gpu.md):
 
 Both can combine (4 GPUs: each expert data-parallel over 2). The parent spawns the workers
 (multiprocessing spawn), a FileStore in a temporary folder rendezvouses each data-parallel
-group (NCCL on GPUs, gloo on CPU); workers send StepReports to the parent over a queue. A
+group (NCCL on GPUs, gloo on CPU); workers send StepReports to the parent over one pipe each. A
 failure in one worker stops the others at their next step with their state saved. Rank 0
 alone writes LoRA, state and TensorBoard files; every rank resumes from the same state.
 
@@ -337,7 +337,7 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
                     elif kind == "error":
                         reported.add((expert, rank))
                         fail(expert, *payload)
-                    continue  # drain the queue before looking at the processes
+                    continue  # drain the pipes before looking at the processes
                 now = time.monotonic()
                 for key, p in procs.items():
                     # died without a word (killed, out of memory)? its message gets 2 s
