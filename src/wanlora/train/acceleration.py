@@ -534,13 +534,6 @@ def prepare_for_speed(model: nn.Module, plan: SpeedPlan, device: torch.device) -
     return model
 
 
-def dit_weight_count(path: str | Path) -> int:
-    """Number of weights in a DiT file, from its header."""
-    from ..models.files import read_safetensors_header
-
-    return sum(math.prod(shape) for _dtype, shape in read_safetensors_header(path).values())
-
-
 def tokens_for_resolution(resolution: tuple[int, int], frames: int = 1) -> int:
     """Tokens per sample: VAE stride 8 x patch 2 = 16 pixels a token side, per latent frame."""
     width, height = resolution

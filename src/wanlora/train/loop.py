@@ -11,6 +11,7 @@ max_grad_norm 0; the lr follows the polynomial schedule as transformers computes
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -92,8 +93,6 @@ EpochCallback = Callable[[str, int, torch.nn.Module], None]
 
 def dataset_hash(items: list[DatasetItem], latent_paths: list[Path], text_paths: list[Path]) -> str:
     """Identity of the training data: the cache keys already hash image, bucket and caption."""
-    import hashlib
-
     digest = hashlib.sha256()
     for item, lat, txt in zip(items, latent_paths, text_paths, strict=True):
         digest.update(f"{lat.name}|{txt.name}|{item.num_repeats}\n".encode())
@@ -166,6 +165,7 @@ def train_expert(
 
     # --- 3. model: the expert's DiT, fp8-rounded like the reference, plus LoRA -----------
     from ..models import load_dit
+    from ..models.dit import infer_dit_info
 
     dit_path = resolve_model_path(settings.dit, project.models_dir, project.root)
     if not dit_path.exists():
@@ -173,8 +173,10 @@ def train_expert(
             f"{dit_path}: DiT file for the {expert} expert not found",
             f"run `wanlora download {project.root}` or set experts.{expert}.dit in wanlora.toml",
         )
-    file_dtype = _dit_file_dtype(dit_path)
-    dtype = compute_dtype(config.training.mixed_precision, file_dtype, dit_path)
+    # the header alone: the file's dtype decides the compute dtype before any weight is read
+    dtype = compute_dtype(
+        config.training.mixed_precision, infer_dit_info(dit_path).file_dtype, dit_path
+    )
     # speed (acceleration.py): fp8 storage of the block linears, recompute policy, compiled
     # blocks; the defaults keep the reference's numerics, training.speed = "fast" does not.
     # The memory budget (training.max_vram_gb, else the card's free memory now: the cache
@@ -405,19 +407,6 @@ def _check_resume(state: TrainState, data_hash: str, r_hash: str, state_dir: Pat
             f"{state_dir}: the training settings changed since this run started",
             "undo the wanlora.toml change to resume, or pass --restart to train from scratch",
         )
-
-
-def _dit_file_dtype(path: Path) -> torch.dtype:
-    """The dtype of the DiT's block weights, read from the safetensors header only."""
-    from ..models.files import read_safetensors_header
-
-    header = read_safetensors_header(path)  # a clear error for pickles and truncated files
-    key = next((k for k in header if k.endswith("self_attn.q.weight")), None)
-    if key is None:
-        raise WanloraError(
-            f"{path}: not a Wan DiT file (no self_attn weights)", "check experts.*.dit"
-        )
-    return header[key][0]
 
 
 def _tensorboard(log_dir: Path, expert: str):
