@@ -52,3 +52,35 @@ def check_fully_loaded(model: nn.Module, path: Path) -> None:
             f"{path} is missing {len(left)} tensor(s) the model needs: {shown}",
             "the file is incomplete or of another model; re-download the file the recipe names",
         )
+
+
+def check_key_sets(
+    path: Path,
+    file_names: list[str],
+    model: nn.Module,
+    *,
+    to_model: Callable[[str], str | None],
+    to_file: Callable[[str], str | None],
+    extra: tuple[str, str],
+    missing: str,
+) -> None:
+    """Every file key maps to a model parameter and every model parameter has a file key.
+
+    `extra` is (what the model is, the fix) for keys the model lacks; `missing` names the
+    model in the message for an incomplete file.
+    """
+    model_names = {n for n, _ in model.named_parameters()}
+    mapped = {name: to_model(name) for name in file_names}
+    unexpected = sorted(n for n, m in mapped.items() if m is None or m not in model_names)
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise WanloraError(
+            f"{path} has {len(unexpected)} tensor(s) {extra[0]} does not have: {shown}", extra[1]
+        )
+    absent = sorted(model_names - set(mapped.values()))
+    if absent:
+        shown = ", ".join(to_file(n) or n for n in absent[:5])
+        raise WanloraError(
+            f"{path} is missing {len(absent)} tensor(s) of {missing}: {shown}",
+            "the file is incomplete; re-download it",
+        )

@@ -22,7 +22,12 @@ from safetensors import safe_open
 from torch import nn
 
 from wanlora.errors import WanloraError
-from wanlora.models.assign import assign_parameter, build_on_meta, check_fully_loaded
+from wanlora.models.assign import (
+    assign_parameter,
+    build_on_meta,
+    check_fully_loaded,
+    check_key_sets,
+)
 from wanlora.models.files import read_safetensors_header, require_kind, strip_comfy_prefix
 
 WAN_HEAD_DIM = 128
@@ -293,26 +298,6 @@ def dit_info_from_shapes(
     )
 
 
-def _check_key_sets(path: Path, file_names: list[str], model: nn.Module) -> None:
-    """Every file key maps to a model parameter and every model parameter has a file key."""
-    model_names = {n for n, _ in model.named_parameters()}
-    mapped = {name: wan_key_to_diffusers(name) for name in file_names}
-    unexpected = sorted(n for n, m in mapped.items() if m is None or m not in model_names)
-    if unexpected:
-        shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        raise WanloraError(
-            f"{path} has {len(unexpected)} tensor(s) a Wan T2V DiT does not have: {shown}",
-            "this is a different model; use the DiT file the recipe names",
-        )
-    missing = sorted(model_names - set(mapped.values()))
-    if missing:
-        shown = ", ".join(diffusers_key_to_wan(n) or n for n in missing[:5])
-        raise WanloraError(
-            f"{path} is missing {len(missing)} tensor(s) of a Wan DiT: {shown}",
-            "the file is incomplete; re-download it",
-        )
-
-
 def load_dit(
     path: str | Path,
     *,
@@ -357,7 +342,15 @@ def load_dit(
     model = build_on_meta(lambda: WanTransformer3DModel(**info.diffusers_config()))
     with safe_open(str(path), framework="pt", device="cpu") as file:
         file_names = list(file.keys())
-        _check_key_sets(path, file_names, model)
+        check_key_sets(
+            path,
+            file_names,
+            model,
+            to_model=wan_key_to_diffusers,
+            to_file=diffusers_key_to_wan,
+            extra=("a Wan T2V DiT", "this is a different model; use the DiT file the recipe names"),
+            missing="a Wan DiT",
+        )
         for name in file_names:
             tensor = file.get_tensor(name)
             if tensor.is_floating_point():

@@ -15,7 +15,12 @@ from diffusers import AutoencoderKLWan
 from safetensors import safe_open
 
 from wanlora.errors import WanloraError
-from wanlora.models.assign import assign_parameter, build_on_meta, check_fully_loaded
+from wanlora.models.assign import (
+    assign_parameter,
+    build_on_meta,
+    check_fully_loaded,
+    check_key_sets,
+)
 from wanlora.models.files import read_safetensors_header, require_kind
 
 # The Wan 2.1 VAE architecture: 4 levels (widths base x 1, 2, 4, 4), 2 residual blocks per
@@ -105,24 +110,6 @@ def diffusers_vae_key_to_wan(name: str) -> str | None:
     return _map(name, _VAE_MODULES_INVERSE)
 
 
-def _check_key_sets(path: Path, file_names: list[str], model_names: set[str]) -> None:
-    mapped = {n: wan_vae_key_to_diffusers(n) for n in file_names}
-    unexpected = sorted(n for n, m in mapped.items() if m is None or m not in model_names)
-    if unexpected:
-        raise WanloraError(
-            f"{path} has {len(unexpected)} tensor(s) the Wan 2.1 VAE does not have: "
-            + ", ".join(unexpected[:5]),
-            "use wan_2.1_vae.safetensors (Wan 2.2 5B's VAE and others are not supported)",
-        )
-    missing = sorted(model_names - set(mapped.values()))
-    if missing:
-        shown = ", ".join(diffusers_vae_key_to_wan(n) or n for n in missing[:5])
-        raise WanloraError(
-            f"{path} is missing {len(missing)} tensor(s) of the Wan 2.1 VAE: {shown}",
-            "the file is incomplete; re-download it",
-        )
-
-
 def load_vae(
     path: str | Path,
     *,
@@ -143,10 +130,20 @@ def load_vae(
         )
     device = torch.device(device)
     model = build_on_meta(lambda: AutoencoderKLWan(base_dim=base_dim, z_dim=z_dim))
-    model_names = {n for n, _ in model.named_parameters()}
     with safe_open(str(path), framework="pt", device="cpu") as file:
         file_names = list(file.keys())
-        _check_key_sets(path, file_names, model_names)
+        check_key_sets(
+            path,
+            file_names,
+            model,
+            to_model=wan_vae_key_to_diffusers,
+            to_file=diffusers_vae_key_to_wan,
+            extra=(
+                "the Wan 2.1 VAE",
+                "use wan_2.1_vae.safetensors (Wan 2.2 5B's VAE and others are not supported)",
+            ),
+            missing="the Wan 2.1 VAE",
+        )
         for name in file_names:
             tensor = file.get_tensor(name).to(device=device, dtype=dtype)
             assign_parameter(model, wan_vae_key_to_diffusers(name), tensor, path)  # type: ignore[arg-type]
