@@ -18,6 +18,8 @@ wanlora.train.acceleration.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -90,6 +92,26 @@ VARIANTS["exact-cudnn"] = dict(VARIANTS["exact"], sdpa="cudnn", desc="exact + cu
 VARIANTS["fast-cudnn"] = dict(VARIANTS["fast"], sdpa="cudnn", desc="FAST + cuDNN attention")
 VARIANTS["exact-lowmem-cudnn"] = dict(
     VARIANTS["exact-lowmem"], sdpa="cudnn", desc="exact lowmem + cuDNN attention"
+)
+# Every variant but "reference" replays its step from a CUDA graph where the training loop
+# would (cuda_graph.why_not_graphed: no block recomputed, ...). The variants below switch one
+# optimisation back off, for before/after measurements.
+VARIANTS["exact-nograph"] = dict(VARIANTS["exact"], graph=False, desc="exact, eager step")
+VARIANTS["fast-nograph"] = dict(VARIANTS["fast"], graph=False, desc="FAST, eager step")
+VARIANTS["fast-no-t"] = dict(
+    VARIANTS["fast"], transposed=False, desc="FAST without transposed fp8 copies"
+)
+VARIANTS["exact-peftcast"] = dict(
+    VARIANTS["exact-nograph"], peft_cast=True, desc="exact, eager step, peft casts"
+)
+VARIANTS["fast-peftcast"] = dict(
+    VARIANTS["fast-nograph"], peft_cast=True, desc="FAST, eager step, peft casts"
+)
+VARIANTS["exact-foreach"] = dict(
+    VARIANTS["exact-nograph"], foreach=True, desc="exact, eager step, foreach AdamW"
+)
+VARIANTS["fast-foreach"] = dict(
+    VARIANTS["fast-nograph"], foreach=True, desc="FAST, eager step, foreach AdamW"
 )
 DEFAULT_ORDER = ["reference", "exact-lowmem", "exact", "fast", "fast-lowmem", "exact-eager"]
 
@@ -185,9 +207,16 @@ def run_variant(
     warmup: int,
     steps: int,
     max_vram_gb: float | None = None,
+    profile: bool = False,
 ) -> dict:
     from wanlora.recipes import load_recipe
-    from wanlora.train.acceleration import DitShape, plan_speed, prepare_base, prepare_for_speed
+    from wanlora.train.acceleration import (
+        DitShape,
+        plan_speed,
+        prepare_base,
+        prepare_for_speed,
+    )
+    from wanlora.train.cuda_graph import why_not_graphed
     from wanlora.train.lora import add_lora, lora_parameters
     from wanlora.train.precision import grad_scaler
 
@@ -211,22 +240,42 @@ def run_variant(
     else:
         update = {k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
         training = recipe.training.model_copy(update=dict(update, max_vram_gb=max_vram_gb))
+        plan_training = training
         shape = DitShape.wan(
             cfg["dim"], cfg["ffn_dim"], cfg["num_layers"], cfg["text_dim"], cfg["freq_dim"]
         )
         plan = plan_speed(training, device, dtype, tokens=tokens, shape=shape, rank=16)
+        if spec.get("transposed") is False:
+            plan = dataclasses.replace(plan, fp8_transposed=False)
         model = build_random_dit(cfg, device, plan.load_dtype)
         prepare_base(model, plan)
         torch.manual_seed(0)
         add_lora(model, recipe.lora)
         prepare_for_speed(model, plan, device)
+        for module in model.modules():  # switch single optimisations back off
+            if spec.get("peft_cast") and hasattr(module, "cast_input_dtype_enabled"):
+                module.cast_input_dtype_enabled = True
     model.train()
     build_s = time.perf_counter() - t0
     n_ckpt = len(model.blocks) if name == "reference" else len(model.wanlora_checkpointed)
-    optimizer = torch.optim.AdamW(lora_parameters(model), lr=3e-4, weight_decay=0.1)
+    fused = cuda and not spec.get("foreach")  # as the training loop: fused AdamW on a GPU
+    optimizer = torch.optim.AdamW(lora_parameters(model), lr=3e-4, weight_decay=0.1, fused=fused)
     scaler = grad_scaler(device, dtype)
     generator = torch.Generator("cpu").manual_seed(5)
     samples = make_samples(cfg)
+    graphed = None
+    graph_ok = plan is not None and why_not_graphed(plan_training, 0.0, device, n_ckpt, 1) is None
+    if spec.get("graph", True) and graph_ok:  # as the training loop decides
+        from wanlora.train.cuda_graph import GraphedStep, set_capturable
+        from wanlora.train.loop import _prediction_loss
+
+        set_capturable(optimizer, device, on=True)
+        graphed = GraphedStep(
+            lambda *inputs: _prediction_loss(model, *inputs, dtype, cache_enabled=False),
+            lora_parameters(model),
+            optimizer,
+            scaler,
+        )
     weights_gib = torch.cuda.memory_allocated(device) / 2**30 if cuda else 0.0
     import contextlib
 
@@ -237,34 +286,41 @@ def run_variant(
         order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION]
         order += [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
         attention = sdpa_kernel(order, set_priority=True)
+    # run(warmup, steps) -> (times, losses): this variant's steps, timed
+    run = functools.partial(
+        _steps, model, samples, recipe, expert, generator, device, dtype, scaler, optimizer, graphed
+    )
     with attention:
-        times, losses = _steps(
-            model,
-            samples,
-            recipe,
-            expert,
-            generator,
-            device,
-            dtype,
-            scaler,
-            optimizer,
-            warmup,
-            steps,
-        )
+        times, losses = run(warmup, steps)
+        profile_text = _profile_steps(run, device) if profile else None
     result = _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt)
     result["max_vram_gb"] = max_vram_gb
+    result["cuda_graph"] = graphed is not None
+    if profile_text:
+        result["profile"] = profile_text
     if plan is not None:
         result["plan"] = {k: str(v) for k, v in plan.__dict__.items()}
-        result["plan_text"] = plan.describe()
+        result["plan_text"] = plan.describe() + (", CUDA-graphed step" if graphed else "")
         if plan.predicted_peak is not None:
             result["predicted_peak_gib"] = plan.predicted_peak / 2**30
     return result
 
 
 def _steps(
-    model, samples, recipe, expert, generator, device, dtype, scaler, optimizer, warmup, steps
+    model,
+    samples,
+    recipe,
+    expert,
+    generator,
+    device,
+    dtype,
+    scaler,
+    optimizer,
+    graphed,
+    warmup,
+    steps,
 ):
-    from wanlora.train.loop import _training_step
+    from wanlora.train.loop import _step_inputs, _training_step
 
     cuda = device.type == "cuda"
     times, losses = [], []
@@ -274,17 +330,124 @@ def _steps(
         if cuda:
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        loss = _training_step(
-            model, samples, [step % len(samples)], recipe, expert, generator, device, dtype, scaler
-        )
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        batch = [step % len(samples)]
+        if graphed is not None:  # the whole step (optimiser included) replayed from a graph
+            inputs = _step_inputs(samples, batch, recipe, expert, generator, device)
+            loss = graphed(*inputs).item()
+        else:
+            loss = _training_step(
+                model, samples, batch, recipe, expert, generator, device, dtype, scaler
+            )
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
         losses.append(loss)
     return times, losses
+
+
+# kernel name fragments -> what the time went to (first match wins)
+KERNEL_KINDS = [
+    ("attention", ("flash", "fmha", "attention", "cudnn")),
+    ("fp8 matmul", ("e4m3", "e5m2", "f8f6f4", "fp8", "qgmma", "scaled_mm")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "cublas", "splitk", "aten::mm")),
+    ("compiled fused (triton)", ("triton",)),
+    ("copy / cast", ("copy", "memcpy", "memset", "cast")),
+    ("eager elementwise", ("elementwise", "vectorized", "unrolled")),
+    ("reduction", ("reduce",)),
+]
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def _profile_steps(run, device) -> str:
+    """Two more steps under torch.profiler: device time per kernel kind, the top kernels, and
+    the matrix products by shape (tells the LoRA's rank-16 products from the base ones)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    steps = 2
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        times, _ = run(0, steps)
+    try:
+        text = _profile_text(prof, steps, cuda, DeviceType)
+    except Exception as exc:  # a summary bug must not cost the timing
+        text = f"profile summary failed: {type(exc).__name__}: {exc}"
+    if cuda:
+        try:
+            busy = _busy_us(prof, DeviceType) / steps / 1e3
+            wall = sum(times) / steps * 1e3
+            text = (
+                f"GPU busy {busy:.1f} ms of {wall:.1f} ms per step (idle {1 - busy / wall:.1%}; "
+                f"profiled steps run slower than timed ones)\n" + text
+            )
+        except Exception as exc:
+            text = f"busy time failed: {type(exc).__name__}: {exc}\n" + text
+    return text
+
+
+def _busy_us(prof, DeviceType) -> float:
+    """Microseconds in which at least one kernel ran (union of the kernels' intervals)."""
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == DeviceType.CUDA
+        and e.time_range.end > e.time_range.start
+        and not getattr(e, "is_user_annotation", False)  # ranges like "## Call CompiledFxGraph"
+        and not e.name.startswith(("##", "Optimizer.", "ProfilerStep"))
+    )
+    busy, cur_start, cur_end = 0.0, None, None
+    for start, end in spans:
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        busy += cur_end - cur_start
+    return busy
+
+
+def _profile_text(prof, steps, cuda, DeviceType) -> str:
+    by_kind: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        if cuda:  # the kernels themselves (CPU ops would count their kernels twice)
+            if event.device_type != DeviceType.CUDA or event.key.startswith(("##", "Optimizer.")):
+                continue
+            us = event.device_time_total
+        else:
+            us = event.self_cpu_time_total
+        if not us or event.key.startswith("ProfilerStep"):
+            continue
+        kind = kernel_kind(event.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + us
+        kernels.append((us, event.count, kind, event.key))
+    total = sum(by_kind.values())
+    what = "GPU kernel" if cuda else "CPU op"
+    lines = [f"{what} time per step: {total / steps / 1e3:.1f} ms"]
+    for kind, us in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {kind:26s} {us / steps / 1e3:8.1f} ms  {us / total:6.1%}")
+    lines.append("top kernels (ms per step, calls per step, kind, name):")
+    for us, count, kind, key in sorted(kernels, reverse=True)[:30]:
+        lines.append(f"  {us / steps / 1e3:8.2f} {count // steps:6d}  {kind:22s} {key[:110]}")
+    products = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key in ("aten::mm", "aten::addmm", "aten::_scaled_mm", "aten::bmm"):
+            us = event.device_time_total if cuda else event.cpu_time_total
+            products.append((us, event.count, event.key, str(event.input_shapes)[:100]))
+    lines.append("matrix products by shape (ms per step, calls per step, op, input shapes):")
+    for us, count, key, shapes in sorted(products, reverse=True)[:25]:
+        lines.append(f"  {us / steps / 1e3:8.2f} {count // steps:6d}  {key:16s} {shapes}")
+    return "\n".join(lines)
 
 
 def _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt):
@@ -401,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--timeout", type=int, default=600)
     p.add_argument(
+        "--profile",
+        default="",
+        help="comma-separated variants to profile for 2 more steps (GPU time per kernel kind)",
+    )
+    p.add_argument(
         "--max-vram",
         type=float,
         default=None,
@@ -417,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.variant:
         try:
             cap_memory(device, args.max_vram)
-            result = run_variant(args.variant, cfg, device, args.warmup, args.steps, args.max_vram)
+            profile = args.variant in args.profile.split(",")
+            result = run_variant(
+                args.variant, cfg, device, args.warmup, args.steps, args.max_vram, profile
+            )
         except Exception as exc:  # reported, not fatal: the other variants still run
             import traceback
 
@@ -452,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         cmd += ["--tiny"] if args.tiny else []
         cmd += ["--max-vram", str(args.max_vram)] if args.max_vram is not None else []
+        cmd += ["--profile", args.profile] if args.profile else []
         env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
         t0 = time.perf_counter()
         try:
@@ -469,7 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads(line[7:]) if line else {"variant": name, "error": out.strip()[-300:]}
         res["process_s"] = time.perf_counter() - t0
         results.append(res)
-        print(name, {k: v for k, v in res.items() if k not in ("losses", "times")}, flush=True)
+        skip = ("losses", "times", "profile")
+        print(name, {k: v for k, v in res.items() if k not in skip}, flush=True)
+        if res.get("profile"):
+            print(res["profile"], flush=True)
+            if args.out:
+                (args.out / f"{name}.profile.txt").write_text(res["profile"] + "\n")
         if args.out:  # after each variant: a later timeout keeps what finished
             (args.out / "partial.json").write_text(json.dumps({"peaks": peaks, "results": results}))
     flops = model_flops(cfg, tokens)

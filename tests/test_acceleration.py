@@ -11,6 +11,7 @@ from wanlora.recipes import load_recipe
 from wanlora.train.acceleration import (
     Fp8Linear,
     SpeedPlan,
+    keep_transposed_weights,
     plan_speed,
     prepare_base,
     prepare_for_speed,
@@ -18,6 +19,19 @@ from wanlora.train.acceleration import (
 )
 
 CPU = torch.device("cpu")
+
+
+def _forward_backward(model):
+    """One bf16-autocast forward + backward of a tiny DiT: its output and LoRA gradients."""
+    from wanlora.train.lora import lora_parameters
+
+    torch.manual_seed(1)
+    x = torch.randn(1, 16, 1, 8, 8)
+    ctx = torch.randn(1, 512, model.config.text_dim)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, torch.tensor([500.0]), ctx, return_dict=False)[0]
+    out.float().square().mean().backward()
+    return out.detach(), [p.grad.clone() for p in lora_parameters(model)]
 
 
 def fp8_valued_linear(inp=64, out=48, dtype=torch.float16, seed=0):
@@ -51,6 +65,47 @@ def test_fp8_compute_is_close_and_has_input_gradients():
     y_ref.backward(g)
     assert (x.grad - x_ref.grad).norm() / x_ref.grad.norm() < 0.15
     assert fast.weight.grad is None
+
+
+def test_kept_transposed_weight_gives_the_same_fp8_products():
+    lin = fp8_valued_linear(dtype=torch.float32)
+    results = []
+    for keep in (False, True):
+        fast = nn.Sequential(Fp8Linear(lin, torch.float32, fp8_compute=True))
+        if keep:
+            assert keep_transposed_weights(fast) == 64 * 48
+            assert fast[0].weight_t.shape == (64, 48) and fast[0].weight_t.is_contiguous()
+            assert "weight_t" not in fast.state_dict()  # never saved
+        torch.manual_seed(3)
+        x = torch.randn(32, 64, requires_grad=True)
+        y = fast(x)
+        y.backward(torch.randn_like(y))
+        results.append((y.detach(), x.grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_skipping_peft_input_cast_is_bit_identical_under_autocast(tmp_path):
+    from wanlora.models import load_dit
+    from wanlora.models.tiny import write_tiny_models
+    from wanlora.train.acceleration import skip_lora_input_cast
+    from wanlora.train.lora import add_lora, lora_parameters
+
+    dit = write_tiny_models(tmp_path).dit_low
+    lora = load_recipe("wan22-t2v").lora
+    results = []
+    for skip in (False, True):
+        model, _ = load_dit(dit, dtype=torch.bfloat16, fp8_round=True)
+        torch.manual_seed(0)
+        add_lora(model, lora)
+        with torch.no_grad():
+            for param in lora_parameters(model):
+                param.normal_(0, 0.05)  # B is zero at init: give the LoRA path some weight
+        if skip:
+            skip_lora_input_cast(model)
+        results.append(_forward_backward(model))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1], strict=True))
 
 
 def test_non_fp8_weights_get_a_scale():
@@ -103,12 +158,6 @@ def test_fp8_loaded_model_equals_16_bit_load(tmp_path):
         model.train()
         assert model.wanlora_checkpointed == list(range(len(model.blocks)))
         assert all(p.dtype == torch.float32 for p in lora_parameters(model))
-        torch.manual_seed(1)
-        x = torch.randn(1, 16, 1, 8, 8)
-        ctx = torch.randn(1, 512, model.config.text_dim)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(x, torch.tensor([500.0]), ctx, return_dict=False)[0]
-        out.float().square().mean().backward()
-        outs.append((out.detach(), [p.grad.clone() for p in lora_parameters(model)]))
+        outs.append(_forward_backward(model))
     assert torch.equal(outs[0][0], outs[1][0])
     assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1], strict=True))

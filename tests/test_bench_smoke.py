@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step.py"
+from benchmarks_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_step.py")
+
+
+CPU = torch.device("cpu")
 
 
 def test_tiny_variants_run_and_give_close_losses(bench):
-    device = torch.device("cpu")
+    device = CPU
     results = {
         name: bench.run_variant(name, bench.TINY, device, warmup=1, steps=1)
         for name in ("reference", "exact-eager", "fast-eager")
@@ -34,3 +32,14 @@ def test_tiny_variants_run_and_give_close_losses(bench):
     assert fast == pytest.approx(exact, rel=2e-2)  # fp8 products: close, not equal
     flops = bench.model_flops(bench.FULL, 3600)
     assert 90e12 < flops["forward"] < 110e12  # the 14B expert at 3600 tokens
+
+
+def test_profile_reports_time_per_kind(bench):
+    result = bench.run_variant("exact-eager", bench.TINY, CPU, warmup=1, steps=1, profile=True)
+    text = result["profile"]
+    assert text.startswith("CPU op time per step:")
+    assert "top kernels" in text and "matmul" in text
+    assert bench.kernel_kind("sm90_xmma_gemm_e4m3f16_tn") == "fp8 matmul"
+    assert bench.kernel_kind("aten::_scaled_mm") == "fp8 matmul"
+    assert bench.kernel_kind("flash_fwd_kernel") == "attention"
+    assert bench.kernel_kind("triton_poi_fused_add_mul_0") == "compiled fused (triton)"

@@ -49,11 +49,12 @@ GiB = 2**30
 # Activation memory of one transformer block kept for backward (no recompute), bytes per
 # token: measured ~0.97 GiB per block at 3600 tokens for the 14B expert, eager
 # (shared/PERF_ANCHOR.md: 66.8 GiB peak, 16-bit weights, no recompute), i.e. ~22 bytes per
-# model-width channel + ~13 per ffn channel; compiled blocks keep less (59.9 GiB peak in
-# benchmarks/RESULTS.md `exact`: ~0.80 GiB per block), hence COMPILED_ACT_FACTOR.
+# model-width channel + ~13 per ffn channel; compiled blocks keep less (57.0 GiB peak in
+# benchmarks/RESULTS.md `exact` once peft's float32 copies of the LoRA inputs are gone (59.9
+# before): ~0.73 GiB per block), hence COMPILED_ACT_FACTOR.
 ACT_BYTES_PER_TOKEN_DIM = 22
 ACT_BYTES_PER_TOKEN_FFN = 13
-COMPILED_ACT_FACTOR = 0.82
+COMPILED_ACT_FACTOR = 0.75
 # in a mixed plan (some blocks recomputed, some not) a kept block costs more: measured 23.0
 # GiB for 35/40 recomputed under a 24 GiB cap (RESULTS.md, 2026-11-25), i.e. ~1.07 GiB per
 # kept block against ~0.78 with no recompute at all. Not understood (backward transients of a
@@ -90,22 +91,24 @@ class _Fp8MatmulFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w8, w_scale, out_dtype):
+    def forward(ctx, x, w8, w8_t, w_scale, out_dtype):
         x_scale = _amax_scale(x, E4M3_MAX)
         x8 = _to_fp8(x, x_scale, E4M3, E4M3_MAX)
         y = torch._scaled_mm(x8, w8.t(), scale_a=x_scale, scale_b=w_scale, out_dtype=out_dtype)
-        ctx.save_for_backward(w8, w_scale)
+        ctx.save_for_backward(w8, w8_t, w_scale)
         ctx.x_dtype = x.dtype
         return y
 
     @staticmethod
     def backward(ctx, grad):
-        w8, w_scale = ctx.saved_tensors
+        w8, w8_t, w_scale = ctx.saved_tensors
         g_scale = _amax_scale(grad, E5M2_MAX)
         g8 = _to_fp8(grad, g_scale, E5M2, E5M2_MAX)
-        w_col = w8.t().contiguous().t()  # (N, K) column-major, as _scaled_mm's mat2 must be
+        # _scaled_mm's mat2 must be column-major: W (N, K) laid out as its transpose. A kept
+        # transposed copy (keep_transposed_weights) saves transposing W on every backward.
+        w_col = w8_t.t() if w8_t is not None else w8.t().contiguous().t()
         dx = torch._scaled_mm(g8, w_col, scale_a=g_scale, scale_b=w_scale, out_dtype=ctx.x_dtype)
-        return dx, None, None, None
+        return dx, None, None, None, None
 
 
 class Fp8Linear(nn.Linear):
@@ -142,6 +145,8 @@ class Fp8Linear(nn.Linear):
         )
         self.compute_dtype = compute_dtype
         self.fp8_compute = fp8_compute
+        # (in, out) contiguous copy of the fp8 weight for the fp8 backward product, or None
+        self.register_buffer("weight_t", None, persistent=False)
 
     def _dtype(self, x: torch.Tensor) -> torch.dtype:
         if torch.is_autocast_enabled(x.device.type):
@@ -153,7 +158,7 @@ class Fp8Linear(nn.Linear):
         if self.fp8_compute and x.shape[-1] % 16 == 0 and self.out_features % 16 == 0:
             flat = x.reshape(-1, x.shape[-1])
             if flat.shape[0] % 16 == 0:
-                y = _Fp8MatmulFn.apply(flat, self.weight, self.weight_scale, dtype)
+                y = _Fp8MatmulFn.apply(flat, self.weight, self.weight_t, self.weight_scale, dtype)
                 if self.bias is not None:
                     y = y + self.bias.to(dtype)
                 return y.reshape(*x.shape[:-1], self.out_features)
@@ -168,6 +173,19 @@ class Fp8Linear(nn.Linear):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"fp8_compute={self.fp8_compute}, unit_scale={self.unit_scale}"
         )
+
+
+def keep_transposed_weights(model: nn.Module) -> int:
+    """Give every fp8-compute Fp8Linear a transposed fp8 copy for its backward product.
+
+    Costs one more byte per block-linear weight (13 GB for a 14B expert); returns the bytes.
+    """
+    added = 0
+    for module in model.modules():
+        if isinstance(module, Fp8Linear) and module.fp8_compute and module.weight_t is None:
+            module.weight_t = module.weight.detach().t().contiguous()
+            added += module.weight_t.numel()
+    return added
 
 
 def _is_fp8_exact(weight: torch.Tensor) -> bool:
@@ -248,18 +266,20 @@ def predict_peak_bytes(
     compiled: bool,
     rank: int = 16,
     weight_bytes: int = 2,
+    transposed: bool = False,
 ) -> int:
     """Predicted peak of torch.cuda.max_memory_allocated for a training step (bytes).
 
-    weights (block linears 1 byte with fp8 storage, else `weight_bytes`; the time path
-    float32) + LoRA training state + kept blocks' activations + recomputed blocks' inputs +
+    weights (block linears 1 byte with fp8 storage, else `weight_bytes`, plus 1 byte for a
+    kept transposed fp8 copy; the time path float32) + LoRA training state + kept blocks'
+    activations + recomputed blocks' inputs +
     (one block rebuilt in backward, if any is recomputed) + transients. Calibrated on the H100
     (benchmarks/RESULTS.md): exact-lowmem 17.7 GiB measured (17.7 predicted), exact 59.9
     measured (60.8 predicted), 35/40 recomputed with fp8 storage 23.0 measured (23.0).
     """
     recompute = min(max(recompute, 0), shape.num_layers)
     kept = shape.num_layers - recompute
-    weights = shape.linear_weights * (1 if fp8_storage else weight_bytes)
+    weights = shape.linear_weights * ((1 if fp8_storage else weight_bytes) + int(transposed))
     weights += shape.other16_weights * weight_bytes + shape.float32_weights * 4
     block = kept_block_bytes(shape, tokens, compiled)
     activations = kept * block * (MIXED_KEPT_FACTOR if recompute else 1.0)
@@ -296,6 +316,8 @@ class SpeedPlan:
     predicted_peak: int | None = None  # bytes
     budget: int | None = None  # bytes: training.max_vram_gb, else the card's free memory
     fits: bool = True  # predicted peak within the budget's usable part
+    # fast mode: keep a transposed fp8 copy of each block linear for the backward product
+    fp8_transposed: bool = False
 
     @property
     def load_dtype(self) -> torch.dtype:
@@ -307,6 +329,8 @@ class SpeedPlan:
         storage = "fp8 storage" if self.fp8_storage else "16-bit storage"
         if self.fp8_compute:
             storage += " + FAST fp8 matmuls"
+        if self.fp8_transposed:
+            storage += " (+ transposed copies)"
         if self.recompute is not None:
             recompute = f"{self.recompute}/{self.num_blocks} blocks recomputed"
         else:
@@ -382,7 +406,7 @@ def plan_speed(
     usable = usable_bytes(budget)
     weight_bytes = 4 if compute_dtype == torch.float32 else 2
 
-    def peak(fp8: bool, r: int) -> int:
+    def peak(fp8: bool, r: int, transposed: bool = False) -> int:
         return predict_peak_bytes(
             shape,
             tokens,
@@ -391,6 +415,7 @@ def plan_speed(
             compiled=compile_,
             rank=rank,
             weight_bytes=weight_bytes,
+            transposed=transposed,
         )
 
     choice = None
@@ -403,6 +428,9 @@ def plan_speed(
     if choice is None:
         choice = (storages[-1], levels[-1])
     fp8, r = choice
+    # fast mode: transposed fp8 copies save transposing every weight in backward (measured
+    # 0.424 -> 0.399 s/step, benchmarks/RESULTS.md) when they fit beside the same plan
+    transposed = fast and fits and peak(fp8, r, transposed=True) <= usable
     return SpeedPlan(
         compute_dtype,
         fp8,
@@ -412,9 +440,10 @@ def plan_speed(
         tokens,
         recompute=r,
         num_blocks=n,
-        predicted_peak=peak(fp8, r),
+        predicted_peak=peak(fp8, r, transposed),
         budget=budget,
         fits=fits,
+        fp8_transposed=transposed,
     )
 
 
@@ -440,6 +469,8 @@ def prepare_base(model: nn.Module, plan: SpeedPlan) -> nn.Module:
             if isinstance(linear, Fp8Linear):
                 continue
             setattr(parent, leaf, Fp8Linear(linear, plan.compute_dtype, plan.fp8_compute))
+    if plan.fp8_transposed:
+        keep_transposed_weights(model)
     for module in model.modules():
         if isinstance(module, Fp8Linear):
             continue
@@ -513,8 +544,23 @@ def compile_blocks(model: nn.Module) -> None:
         block.compile()
 
 
+def skip_lora_input_cast(model: nn.Module) -> None:
+    """Stop peft casting each LoRA input to float32 (the LoRA weights' dtype).
+
+    Under autocast the LoRA matmuls run in the compute dtype anyway, so peft's cast only adds
+    a float32 copy of every block activation (and its gradient) per LoRA: the values are
+    bit-identical without it. Training always runs under autocast or wholly in float32.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.cast_input_dtype_enabled = False
+
+
 def prepare_for_speed(model: nn.Module, plan: SpeedPlan, device: torch.device) -> nn.Module:
-    """After add_lora: the recompute policy and compiled blocks. Returns the same model."""
+    """After add_lora: LoRA inputs, the recompute policy, compiled blocks. Returns the model."""
+    skip_lora_input_cast(model)
     indices = blocks_to_checkpoint(model, plan, device)
     set_checkpointing(model, indices)
     model.wanlora_checkpointed = indices  # for logs and benchmarks

@@ -39,6 +39,7 @@ from .acceleration import (
     prepare_for_speed,
     tokens_for_resolution,
 )
+from .cuda_graph import GraphedStep, set_capturable, why_not_graphed
 from .lora import add_lora, load_lora_state_dict, lora_parameters, lora_state_dict
 from .lora_file import lora_metadata, save_lora_file
 from .precision import autocast, compute_dtype, grad_scaler
@@ -208,6 +209,9 @@ def train_expert(
         betas=opt.betas,
         eps=opt.eps,
         weight_decay=opt.weight_decay,
+        # one kernel for all LoRA tensors, and GradScaler then skips its host sync; the same
+        # update as the reference's AdamW up to float32 rounding (last bit)
+        fused=device.type == "cuda",
     )
     scheduler = make_scheduler(optimizer, config.scheduler, total_steps)
     scaler = grad_scaler(device, dtype)
@@ -221,6 +225,25 @@ def train_expert(
         log.info("%s: resuming at step %d/%d from %s", expert, state.step, total_steps, state_dir)
     if dp is not None:  # a rank can reach a step with no batch of its own (an epoch's tail):
         scaler.scale(torch.zeros((), device=device))  # set up the fp16 loss scale now
+    # the whole step (forward, backward, optimiser, loss scale) replayed from a CUDA graph
+    # when the step allows it (cuda_graph.py): same kernels, no launch overhead
+    graphed = None
+    not_graphed = why_not_graphed(
+        config.training,
+        opt.max_grad_norm,
+        device,
+        len(model.wanlora_checkpointed),
+        1 if dp is None else dp.world,
+    )
+    set_capturable(optimizer, device, on=not_graphed is None)  # after load_state: either way
+    if not_graphed is None:
+        graphed = GraphedStep(
+            lambda *inputs: _prediction_loss(model, *inputs, dtype, cache_enabled=False),
+            lora_parameters(model),
+            optimizer,
+            scaler,
+        )
+    log.info("%s: CUDA graph %s", expert, "on" if graphed else f"off ({not_graphed})")
 
     writer = _tensorboard(log_dir or project.output_dir / "logs", expert) if is_main else None
     started = time.time()
@@ -246,10 +269,13 @@ def train_expert(
             start_batch = state.batch_in_epoch if epoch == state.epoch else 0
             for b in range(start_batch, len(batches)):
                 step_start = time.perf_counter()
-                lr = scheduler.get_last_lr()[0]
+                lr = float(scheduler.get_last_lr()[0])  # a tensor with CUDA graphs
                 stepped = (b + 1) % accumulation == 0 or b + 1 == len(batches)
                 batch = batches[b]
-                if dp is None or dp.owns(b):
+                if graphed is not None:  # optimiser step and loss scale included
+                    inputs = _step_inputs(samples, batch, config, settings, generator, device)
+                    loss = graphed(*inputs).item()
+                elif dp is None or dp.owns(b):
                     loss = _training_step(
                         model, samples, batch, config, settings, generator, device, dtype, scaler
                     )
@@ -267,13 +293,15 @@ def train_expert(
                     )
                 last_loss = loss if loss is not None else last_loss
                 if stepped:
-                    if opt.max_grad_norm > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(lora_parameters(model), opt.max_grad_norm)
-                    scaler.step(optimizer)
-                    scaler.update()
+                    if graphed is None:
+                        if opt.max_grad_norm > 0:
+                            scaler.unscale_(optimizer)
+                            params = lora_parameters(model)
+                            torch.nn.utils.clip_grad_norm_(params, opt.max_grad_norm)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        optimizer.zero_grad(set_to_none=True)
                     scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
                     state.step += 1
                     faults.point("step")  # test hook (faults.py): inert unless asked
                 state.epoch, state.batch_in_epoch = (
@@ -349,21 +377,18 @@ def _draws(samples, batch, config, settings, generator) -> tuple[torch.Tensor, t
     return noise, t
 
 
-def _training_step(
-    model, samples, batch, config, settings, generator, device, dtype, scaler
-) -> float:
-    """Forward + backward for one micro-batch; returns the loss value."""
+def _step_inputs(samples, batch, config, settings, generator, device):
+    """A micro-batch's DiT inputs on the device: noisy latents, t, padded text, target."""
     latents = torch.stack([samples[i][0] for i in batch]).float()
     context = torch.stack([pad_context(samples[i][1]) for i in batch]).float()
     noise, t = _draws(samples, batch, config, settings, generator)
     noisy, target = noisy_and_target(latents, noise, t)
-    noisy, target, t, context = (
-        noisy.to(device),
-        target.to(device),
-        t.to(device),
-        context.to(device),
-    )
-    with autocast(device, dtype):
+    return noisy.to(device), t.to(device), context.to(device), target.to(device)
+
+
+def _prediction_loss(model, noisy, t, context, target, dtype, cache_enabled=True):
+    """The DiT's velocity prediction for the noisy latents, and its MSE loss in float32."""
+    with autocast(noisy.device, dtype, cache_enabled=cache_enabled):
         # the context goes in as float32 so the time embedding (run in float32) keeps its
         # dtype; the text projection's linears still run in the compute dtype under autocast
         prediction = model(
@@ -372,7 +397,15 @@ def _training_step(
             encoder_hidden_states=context,
             return_dict=False,
         )[0]
-    loss = F.mse_loss(prediction.float(), target.float())
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def _training_step(
+    model, samples, batch, config, settings, generator, device, dtype, scaler
+) -> float:
+    """Forward + backward for one micro-batch; returns the loss value."""
+    inputs = _step_inputs(samples, batch, config, settings, generator, device)
+    loss = _prediction_loss(model, *inputs, dtype)
     scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
     scaled.backward()
     return loss.item()

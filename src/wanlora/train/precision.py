@@ -31,9 +31,17 @@ def compute_dtype(mixed_precision: str, file_dtype: torch.dtype, dit_path) -> to
     return wanted
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Autocast in the compute dtype (a no-op context for float32)."""
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
+def autocast(device: torch.device, dtype: torch.dtype, cache_enabled: bool = True):
+    """Autocast in the compute dtype (a no-op context for float32).
+
+    cache_enabled=False while a CUDA graph is captured (autocast's cast cache must not live
+    across captures)."""
+    return torch.autocast(
+        device_type=device.type,
+        dtype=dtype,
+        enabled=dtype != torch.float32,
+        cache_enabled=cache_enabled,
+    )
 
 
 def grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:

@@ -45,8 +45,9 @@ def recipe_hash(config: RecipeConfig, expert: str) -> str:
     data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
     data["experts"] = {expert: data["experts"][expert]}
     # not what is computed: how often states are saved, loader threads, the memory budget
-    # (it changes only storage and recompute, both bit-identical)
-    for key in ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb"):
+    # (it changes only storage and recompute, both bit-identical), CUDA graphs (rounding only)
+    skip = ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb", "cuda_graph")
+    for key in skip:
         data["training"].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
