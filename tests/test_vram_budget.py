@@ -236,7 +236,12 @@ def test_doctor_names_the_plan(project):
     assert row.status == "ok"
     assert row.detail.startswith("fp8 storage, 36/40 blocks recomputed, compiled")
     assert "predicted peak 21.5 GiB of 24.0 GiB" in row.detail
-    assert row.detail == f"{plan_at(24).describe()} (training.max_vram_gb)"  # plan_speed's own
+    assert row.detail == (  # plan_speed's own plan
+        f"{plan_at(24).describe()}, no CUDA graph (36 blocks recompute in backward) "
+        "(training.max_vram_gb)"
+    )
+    roomy = check(run_doctor(set_budget(project, "max_vram_gb = 80")), "speed plan")
+    assert "0/40 blocks recomputed" in roomy.detail and "CUDA-graphed steps" in roomy.detail
 
 
 def test_doctor_fails_a_budget_too_small(project):

@@ -12,8 +12,9 @@ Rules, stated once here:
   planner's margin; the memory model is wanlora.train.acceleration's, the one training uses)
   against the GPU's free memory: below it FAIL, below ESTIMATE_HEADROOM x it warn.
 - Speed plan: the plan `wanlora train` will make (`plan_speed`: storage, recomputed blocks,
-  compile, predicted peak) for training.max_vram_gb, else the GPU's free memory; FAIL when
-  even the smallest plan does not fit that budget.
+  compile, predicted peak; CUDA-graphed steps or why not, for one process) for
+  training.max_vram_gb, else the GPU's free memory; FAIL when even the smallest plan does
+  not fit that budget.
 - No GPU: a run can start on CPU only when every DiT file is under CPU_MAX_DIT_BYTES (the
   tiny demo models); it is slow but works. Real 14B experts on CPU: FAIL "no GPU".
   Without a project, no GPU is a warning (nothing to judge it against).
@@ -152,6 +153,22 @@ def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str
     )
 
 
+def graph_text(config: RecipeConfig, plan) -> str:
+    """Whether training steps will replay as CUDA graphs (train/cuda_graph.py), one process."""
+    import torch
+
+    from .train.cuda_graph import why_not_graphed
+
+    reason = why_not_graphed(
+        config.training,
+        config.optimizer.max_grad_norm,
+        torch.device("cuda"),
+        plan.recompute or 0,
+        ranks=1,
+    )
+    return "CUDA-graphed steps" if reason is None else f"no CUDA graph ({reason})"
+
+
 def _smallest_need(config: RecipeConfig, shape) -> int:
     """GPU memory the smallest allowed plan needs: its predicted peak plus the margin."""
     from .train.acceleration import min_budget_bytes
@@ -199,7 +216,7 @@ def _check_plan(report: DoctorReport, config: RecipeConfig, shape, dit_bytes: in
     free = torch.cuda.mem_get_info()[0] if cuda else None
     plan = plan_for(config, shape, free_bytes=free)
     source = "training.max_vram_gb" if budget is not None else "free GPU memory"
-    detail = f"{plan.describe()} ({source})"
+    detail = f"{plan.describe()}, {graph_text(config, plan)} ({source})"
     if not plan.fits:
         need = min_budget_bytes(plan.predicted_peak) / GiB
         report.add(
