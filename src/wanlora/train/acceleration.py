@@ -56,9 +56,10 @@ ACT_BYTES_PER_TOKEN_DIM = 22
 ACT_BYTES_PER_TOKEN_FFN = 13
 COMPILED_ACT_FACTOR = 0.75
 # in a mixed plan (some blocks recomputed, some not) a kept block costs more: measured 23.0
-# GiB for 35/40 recomputed under a 24 GiB cap (RESULTS.md, 2026-11-25), i.e. ~1.07 GiB per
-# kept block against ~0.78 with no recompute at all. Not understood (backward transients of a
-# kept block next to a rebuilt one?); taken as measured.
+# GiB for 35/40 recomputed under a 24 GiB cap (RESULTS.md, 2026-11-25, with peft's LoRA-input
+# casts), i.e. ~1.07 GiB per kept block against ~0.78 with no recompute at all; 21.4 GiB for
+# 36/40 without the casts (21.5 predicted). Not understood (backward transients of a kept
+# block next to a rebuilt one?); taken as measured.
 MIXED_KEPT_FACTOR = 1.36
 CKPT_INPUT_BYTES_PER_TOKEN_DIM = 2  # a recomputed block keeps only its 16-bit input
 LORA_STATE_BYTES = 16  # per LoRA parameter: float32 weight, gradient, AdamW's two moments
@@ -274,8 +275,9 @@ def predict_peak_bytes(
     kept transposed fp8 copy; the time path float32) + LoRA training state + kept blocks'
     activations + recomputed blocks' inputs +
     (one block rebuilt in backward, if any is recomputed) + transients. Calibrated on the H100
-    (benchmarks/RESULTS.md): exact-lowmem 17.7 GiB measured (17.7 predicted), exact 59.9
-    measured (60.8 predicted), 35/40 recomputed with fp8 storage 23.0 measured (23.0).
+    (benchmarks/RESULTS.md): exact-lowmem 17.7 GiB measured (17.6 predicted), exact 57.0
+    measured (58.0 predicted), 36/40 recomputed with fp8 storage 21.4 measured (21.5), fast
+    44.1 (44.9), fast with transposed copies 57.2 (58.0).
     """
     recompute = min(max(recompute, 0), shape.num_layers)
     kept = shape.num_layers - recompute
