@@ -117,7 +117,7 @@ class GraphedStep:
             self.failed = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
             log.warning(
                 "CUDA graph capture failed (%s); training continues without graphs "
-                '(same results; set training.cuda_graph = "off" to skip the attempt)',
+                '(results equal up to rounding; set training.cuda_graph = "off" to skip the attempt)',
                 self.failed,
             )
             return None
