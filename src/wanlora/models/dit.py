@@ -74,15 +74,23 @@ MODULE_LEAVES = ("weight", "bias")
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def wan_key_to_diffusers(name: str) -> str | None:
-    """`blocks.3.self_attn.q.weight` -> `blocks.3.attn1.to_q.weight`; None if not a known key."""
-    name = strip_comfy_prefix(name)
+def _invert(table: dict[str, str]) -> dict[str, str]:
+    return {ours: original for original, ours in table.items()}
+
+
+# (modules, parameters) for top-level keys [False] and block keys [True], each direction
+_TO_DIFFUSERS = {
+    False: (TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS),
+    True: (BLOCK_MODULES, BLOCK_PARAMETERS),
+}
+_TO_WAN = {block: (_invert(m), _invert(p)) for block, (m, p) in _TO_DIFFUSERS.items()}
+
+
+def _map_key(name: str, tables: dict[bool, tuple[dict, dict]]) -> str | None:
+    """Rename one key with `tables`, keeping `blocks.N.` and the weight/bias leaf."""
     match = _BLOCK_KEY.match(name)
-    if match:
-        index, rest = match.groups()
-        prefix, modules, parameters = f"blocks.{index}.", BLOCK_MODULES, BLOCK_PARAMETERS
-    else:
-        rest, prefix, modules, parameters = name, "", TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS
+    prefix, rest = (f"blocks.{match[1]}.", match[2]) if match else ("", name)
+    modules, parameters = tables[match is not None]
     if rest in parameters:
         return prefix + parameters[rest]
     module, _, leaf = rest.rpartition(".")
@@ -91,28 +99,14 @@ def wan_key_to_diffusers(name: str) -> str | None:
     return None
 
 
-_INVERSE = [
-    (TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS, ""),
-    (BLOCK_MODULES, BLOCK_PARAMETERS, "blocks."),
-]
+def wan_key_to_diffusers(name: str) -> str | None:
+    """`blocks.3.self_attn.q.weight` -> `blocks.3.attn1.to_q.weight`; None if not a known key."""
+    return _map_key(strip_comfy_prefix(name), _TO_DIFFUSERS)
 
 
 def diffusers_key_to_wan(name: str) -> str | None:
     """The inverse of wan_key_to_diffusers (without the ComfyUI prefix)."""
-    match = _BLOCK_KEY.match(name)
-    if match:
-        index, rest = match.groups()
-        prefix, modules, parameters = f"blocks.{index}.", BLOCK_MODULES, BLOCK_PARAMETERS
-    else:
-        rest, prefix, modules, parameters = name, "", TOP_LEVEL_MODULES, TOP_LEVEL_PARAMETERS
-    for original, ours in parameters.items():
-        if rest == ours:
-            return prefix + original
-    module, _, leaf = rest.rpartition(".")
-    for original, ours in modules.items():
-        if module == ours and leaf in MODULE_LEAVES:
-            return f"{prefix}{original}.{leaf}"
-    return None
+    return _map_key(name, _TO_WAN)
 
 
 @dataclass(frozen=True)
