@@ -15,7 +15,9 @@ reference only crops; we reproduce that too.)
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -27,15 +29,11 @@ from ..errors import WanloraError
 EXIF_ORIENTATION_TAG = 0x0112
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image with PIL, turning every failure into a WanloraError."""
-    path = Path(path)
+@contextlib.contextmanager
+def readable_image(path: Path) -> Iterator[None]:
+    """Turn every way PIL can fail to read `path` into a WanloraError naming it and the fix."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-            image.load()
-        return image
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise WanloraError(
             f"{path}: image is too large to decode safely ({exc})",
@@ -55,6 +53,24 @@ def open_image(path: str | Path) -> Image.Image:
             f"{path}: image cannot be decoded ({exc})",
             "the file is truncated or corrupt: re-export or re-download it",
         ) from None
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image with PIL, turning every failure into a WanloraError."""
+    path = Path(path)
+    with readable_image(path), warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(path)
+        image.load()
+    return image
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header (no full decode); WanloraError if unreadable."""
+    with readable_image(path), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            return image.size
 
 
 def load_rgb(path: str | Path) -> Image.Image:

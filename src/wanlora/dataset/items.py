@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import WanloraError
 from ..recipes.project import Project
 from .buckets import select_bucket
 from .captions import read_caption
+from .images import image_size
 from .scan import describe_not_file, scan_folder
 from .sources import DatasetEntry, dataset_sources
 
@@ -23,27 +21,6 @@ class DatasetItem:
     original_size: tuple[int, int]  # (width, height) as stored, before any resize
     bucket: tuple[int, int]  # (W, H)
     num_repeats: int
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header (no full decode); WanloraError if unreadable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                return image.size
-    except Image.DecompressionBombError:
-        raise WanloraError(
-            f"{path}: image is too large to decode safely",
-            "resize it below 89 megapixels (the recipe trains at about 1 megapixel)",
-        ) from None
-    except UnidentifiedImageError:
-        raise WanloraError(
-            f"{path}: not a readable image (empty, corrupt or not an image format PIL knows)",
-            "re-export it as PNG or JPEG, or remove it from the dataset folder",
-        ) from None
-    except OSError as exc:
-        raise WanloraError(f"{path}: cannot read image ({exc})", "check the file") from None
 
 
 def bucket_for(size: tuple[int, int], entry: DatasetEntry) -> tuple[int, int]:
