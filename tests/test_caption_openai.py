@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
+from cli_run import run_cli
 from wanlora.captioning import OpenAIBackend, caption_dataset
 from wanlora.errors import WanloraError
 from wanlora.project_init import init_project
@@ -240,16 +238,6 @@ def test_an_image_that_never_gets_a_caption_is_reported_and_the_rest_go_on(serve
     assert not (project.dataset_dir / "a.txt").exists()
     assert [p.name for p in summary.written] == ["b.txt", "c.txt"]
     assert len(server.requests) == 5  # 3 for a, 1 each for b and c, none for d
-
-
-def run_cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-c", "from wanlora.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
 
 
 def test_cli_captions_reviews_and_never_leaks_the_key(server, project, tmp_path):

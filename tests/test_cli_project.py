@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
+from cli_run import run_cli
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project
 from wanlora.recipes.project import tomllib
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-c", "from wanlora.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-    )
 
 
 def test_init_creates_project_and_refuses_overwrite(tmp_path):

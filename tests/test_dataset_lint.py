@@ -8,8 +8,6 @@ import json
 import os
 import random
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -20,6 +18,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from cli_run import run_cli
 from wanlora.cli import app
 from wanlora.dataset.lint import check_dataset, project_for_check
 from wanlora.dataset.tokens import TokenCounter, clean_caption, load_token_counter
@@ -392,17 +391,6 @@ def test_cli_checks_a_plain_folder_and_reports_bad_dirs_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["check", str(folder), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["images"][0]["bucket"] == [960, 960]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from wanlora.cli import main; main()",
-            "check",
-            str(tmp_path / "nope"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_cli("check", str(tmp_path / "nope"), timeout=60)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr and "error:" in done.stderr and "nope" in done.stderr

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
+from cli_run import run_cli
 from wanlora.dataset.lint import check_dataset
 from wanlora.demo import create_demo_project
 from wanlora.train.lora_file import read_lora_file
@@ -19,20 +17,7 @@ def test_demo_dataset_is_clean_for_check(tmp_path):
 
 def test_demo_runs_end_to_end_and_describes_the_loras(tmp_path):
     root = tmp_path / "wanlora-demo"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from wanlora.cli import main; main()",
-            "demo",
-            str(root),
-            "--epochs",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r = run_cli("demo", str(root), "--epochs", "1")
     assert r.returncode == 0, r.stderr
     out = " ".join(r.stdout.split())  # rich wraps long lines
     assert "Your two LoRAs" in out and "20 LoRA modules (rank 16, float16)" in out
@@ -40,19 +25,6 @@ def test_demo_runs_end_to_end_and_describes_the_loras(tmp_path):
         tensors, meta = read_lora_file(root / "output" / f"{name}.safetensors")
         assert meta["modelspec.title"] == name and len(tensors) == 60
     # the folder is a normal project afterwards
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from wanlora.cli import main; main()",
-            "train",
-            str(root),
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    r = run_cli("train", str(root), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert "already trained" in r.stdout

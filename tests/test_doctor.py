@@ -9,12 +9,11 @@ registry's approximate size; below that it is a truncated download.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_run import run_cli
 from wanlora.doctor import (
     CPU_MAX_DIT_BYTES,
     TRUNCATED_RATIO,
@@ -181,14 +180,6 @@ def test_vram_estimate_is_plain_arithmetic():
     no_fp8.training.fp8_base = False  # the block linears in 16 bits: +1 byte each (+ margin)
     extra = WAN_14B.linear_weights / (1 - MARGIN_FRACTION)
     assert estimate_vram_bytes(no_fp8, params) - need == pytest.approx(extra, rel=1e-3)
-
-
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from wanlora.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_cli_json_and_exit_codes(tmp_path, project):

@@ -6,14 +6,12 @@ tests/hub_server.py; nothing is mocked and nothing leaves the machine.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
 
+from cli_run import run_cli
 from hub_server import FakeHub
 from wanlora.errors import WanloraError
 from wanlora.models.download import download_models, plan_download
@@ -122,14 +120,8 @@ def test_dropped_connection_is_resumed_within_one_run(hub, project):
 
 def test_token_is_sent_to_the_hub_only_and_never_shown(hub, project, tmp_path):
     hub.token = SECRET
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"}
-    cmd = [sys.executable, "-c", "from wanlora.cli import main; main()"]
-    r = subprocess.run(
-        [*cmd, "download", str(project.root), "--only", "vae,tokenizer"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0"}
+    r = run_cli("download", str(project.root), "--only", "vae,tokenizer", env=env)
     assert r.returncode == 0, r.stderr
     resolve = [q for q in hub.requests if "/resolve/" in q.path]
     cdn = [q for q in hub.requests if q.path.startswith("/cdn/")]
@@ -143,12 +135,7 @@ def test_token_is_sent_to_the_hub_only_and_never_shown(hub, project, tmp_path):
 
     # a wrong token: one line that says what to do, and still no token in it
     env["HF_TOKEN"] = SECRET + "x"
-    r = subprocess.run(
-        [*cmd, "download", str(project.root), "--only", "high"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    r = run_cli("download", str(project.root), "--only", "high", env=env)
     assert r.returncode == 1
     assert "HTTP 401" in r.stderr and "HF_TOKEN" in r.stderr and "Traceback" not in r.stderr
     assert SECRET not in r.stdout + r.stderr

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import shlex
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_run import run_cli
 from wanlora.errors import WanloraError
 from wanlora.export.musubi import musubi_export, write_musubi_export
 from wanlora.models.registry import MODEL_FILES
@@ -307,18 +306,7 @@ def test_write_keeps_a_changed_file_as_bak(wan22):
 
 
 def test_cli_prints_and_writes(wan22):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from wanlora.cli import main; main()",
-            "export",
-            "musubi",
-            str(wan22.root),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = run_cli("export", "musubi", str(wan22.root))
     assert r.returncode == 0, r.stderr
     export = musubi_export(wan22)
     assert r.stdout.startswith(export.script)  # stdout is the runnable script ...
@@ -328,16 +316,5 @@ def test_cli_prints_and_writes(wan22):
     assert "wrote" in r.stderr
 
     add_overrides(wan22, "[scheduler]\nlr_end = 1e-6\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from wanlora.cli import main; main()",
-            "export",
-            "musubi",
-            str(wan22.root),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = run_cli("export", "musubi", str(wan22.root))
     assert r.returncode == 1 and "lr_end" in r.stderr and "Traceback" not in r.stderr

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from cli_run import run_cli
 from wanlora.errors import WanloraError
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project, load_recipe
@@ -112,14 +111,6 @@ def test_total_training_steps_counts_the_dataset(tmp_path):
         + "\n[dataset]\nnum_repeats = 2\nbatch_size = 4\n[training]\nmax_train_epochs = 10\n"
     )
     assert total_training_steps(load_project(project.root)) == 10 * 3
-
-
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from wanlora.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_inspect_schedule_json_through_the_cli(tmp_path):

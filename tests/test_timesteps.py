@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from cli_run import run_cli
 from wanlora.recipes import load_recipe
 from wanlora.recipes.schema import TimestepSettings
 from wanlora.train.timesteps import (
@@ -152,14 +151,6 @@ def test_noisy_and_target_broadcast_over_video_latents():
     torch.testing.assert_close(target, noise - latents)
     noisy, _ = noisy_and_target(latents, noise, torch.tensor([0.25, 0.5]))
     torch.testing.assert_close(noisy[1], 0.5 * latents[1] + 0.5 * noise[1])
-
-
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-c", "from wanlora.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-    )
 
 
 def test_inspect_timesteps_json_through_the_cli():
