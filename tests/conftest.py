@@ -14,3 +14,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _isolated_models_dir(tmp_path_factory, monkeypatch):
     """Never touch the user's real ~/.cache/wanlora from a test."""
     monkeypatch.setenv("WANLORA_MODELS_DIR", str(tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory):
+    """A warm `wanlora` CLI process for a test module (tests/test_reliability_zygote.py)."""
+    from test_reliability_zygote import Zygote
+
+    z = Zygote(tmp_path_factory.mktemp("zygote-logs"))
+    yield z
+    z.close()

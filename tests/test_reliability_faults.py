@@ -19,19 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from test_reliability_kill import make_small_demo
-from test_reliability_zygote import Zygote
 from wanlora.errors import WanloraError
 from wanlora.train import lock as lock_mod
 from wanlora.train.lock import lock_path, project_lock
 
 NO_SPACE = re.compile(r"no space left on (\S+) \(\d+\.\d GB free\): free \d+ GB and run again")
-
-
-@pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("zygote-logs"))
-    yield z
-    z.close()
 
 
 @pytest.fixture(scope="module")

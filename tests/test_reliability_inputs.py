@@ -22,13 +22,6 @@ MARKER = Path("/tmp/wanlora-pickle-ran")
 
 
 @pytest.fixture(scope="module")
-def zygote(tmp_path_factory):
-    z = Zygote(tmp_path_factory.mktemp("zygote-logs"))
-    yield z
-    z.close()
-
-
-@pytest.fixture(scope="module")
 def template(tmp_path_factory):
     return make_small_demo(tmp_path_factory.mktemp("inputs") / "project")
 
