@@ -43,3 +43,12 @@ def test_profile_reports_time_per_kind(bench):
     assert bench.kernel_kind("aten::_scaled_mm") == "fp8 matmul"
     assert bench.kernel_kind("flash_fwd_kernel") == "attention"
     assert bench.kernel_kind("triton_poi_fused_add_mul_0") == "compiled fused (triton)"
+
+
+def test_attention_bench_runs_tiny_on_the_cpu():
+    rows = load_benchmark("bench_attention.py").main(
+        ["--tiny", "--device", "cpu", "--dtype", "fp32", "--warmup", "1", "--iters", "1"]
+    )
+    assert {r["shape"] for r in rows} == {"self", "cross"}
+    for row in rows:
+        assert row["backend"] == "math" and row["forward_ms"] > 0 and row["max_diff_out"] == 0

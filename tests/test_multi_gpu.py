@@ -6,6 +6,7 @@ the same code runs one worker per GPU with NCCL.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 
@@ -108,10 +109,14 @@ def test_data_parallel_config_is_the_one_process_config_with_n_times_the_accumul
 # --- processes ------------------------------------------------------------------------------
 
 
-def test_expert_parallel_trains_both_experts_at_once(project_dir):
+def test_expert_parallel_trains_both_experts_at_once(project_dir, caplog):
     project = load_project(project_dir)
     reports = []
-    results = run_training(project, devices=CPU2, on_step=reports.append)
+    with caplog.at_level(logging.INFO, logger="wanlora"):
+        results = run_training(project, devices=CPU2, on_step=reports.append)
+    # each worker's log lines (its plan, CUDA graph on/off) reach the parent, marked
+    assert "[high, cpu] high: CUDA graph off (not on a GPU)" in caplog.messages
+    assert "[low, cpu] low: CUDA graph off (not on a GPU)" in caplog.messages
     assert [r.expert for r in results] == ["high", "low"]
     assert [r.steps for r in results] == [18, 18]
     assert {(r.expert, r.step) for r in reports} == {

@@ -8,7 +8,6 @@ returning, so the DiT (loaded next by training) never shares memory with them.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import torch
 from .. import faults
 from ..dataset.images import load_bucketed_image
 from ..dataset.items import DatasetItem, load_items
+from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..models.registry import resolve_model_path
 from ..recipes import Project
@@ -151,7 +151,7 @@ def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
                 progress("latents", i + 1, len(entries))
     finally:
         del vae
-        _free(device)
+        free_device_memory(device)
 
 
 def _encode_texts(missing: dict[Path, str], encoder_path, tokenizer_path, device, progress) -> None:
@@ -171,7 +171,7 @@ def _encode_texts(missing: dict[Path, str], encoder_path, tokenizer_path, device
                 progress("text", i + 1, len(missing))
     finally:
         del encoder
-        _free(device)
+        free_device_memory(device)
 
 
 def _remove_stale(entries: list[CacheEntry], *dirs: Path) -> list[Path]:
@@ -186,12 +186,6 @@ def _remove_stale(entries: list[CacheEntry], *dirs: Path) -> list[Path]:
                 path.unlink()
                 removed.append(path)
     return removed
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def load_cached_tensors(entries: list[CacheEntry]) -> list[tuple[torch.Tensor, torch.Tensor]]:

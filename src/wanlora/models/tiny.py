@@ -95,13 +95,17 @@ def tiny_vae_layout() -> dict[str, tuple[int, ...]]:
     return {diffusers_vae_key_to_wan(n): tuple(p.shape) for n, p in model.named_parameters()}
 
 
-def tiny_umt5_layout(vocab_size: int) -> dict[str, tuple[int, ...]]:
+def tiny_umt5_layout(
+    vocab_size: int, d_model: int = TINY_UMT5["d_model"]
+) -> dict[str, tuple[int, ...]]:
+    """Original-layout key -> shape of the tiny umT5 encoder (`d_model`: its output width,
+    which must be the DiT's text_dim: 64 for the tiny DiT, 4096 for the 14B experts)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     from wanlora.models.assign import build_on_meta
     from wanlora.models.text_encoder import transformers_t5_key_to_wan
 
-    c = TINY_UMT5
+    c = dict(TINY_UMT5, d_model=d_model)
     config = UMT5Config(
         vocab_size=vocab_size,
         d_model=c["d_model"],
@@ -174,8 +178,13 @@ def write_tiny_tokenizer(folder: Path, seed: int = 0) -> int:
     return len(tokenizer)
 
 
-def write_tiny_models(folder: str | Path, seed: int = 0) -> TinyModelPaths:
-    """Write the tiny DiT experts, VAE, umT5 encoder and tokenizer into `folder`."""
+def write_tiny_models(
+    folder: str | Path, seed: int = 0, text_dim: int = TINY_UMT5["d_model"]
+) -> TinyModelPaths:
+    """Write the tiny DiT experts, VAE, umT5 encoder and tokenizer into `folder`.
+
+    `text_dim` widens the umT5 encoder's output (4096: embeddings that fit the 14B experts,
+    for benchmarks that train the real-size DiT on a dataset cached with tiny models)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = TinyModelPaths(
@@ -194,5 +203,7 @@ def write_tiny_models(folder: str | Path, seed: int = 0) -> TinyModelPaths:
     with atomic_path(paths.vae) as tmp:
         save_file(_random_state(tiny_vae_layout(), seed + 2, torch.bfloat16), str(tmp))
     with atomic_path(paths.text_encoder) as tmp:
-        torch.save(_random_state(tiny_umt5_layout(vocab_size), seed + 3, torch.bfloat16), tmp)
+        torch.save(
+            _random_state(tiny_umt5_layout(vocab_size, text_dim), seed + 3, torch.bfloat16), tmp
+        )
     return paths

@@ -166,7 +166,7 @@ def pixels_to_video(pixels, dtype: torch.dtype, device: torch.device) -> torch.T
             array = array[None]
     if array.ndim != 4 or array.shape[-1] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected uint8 HWC RGB image(s), got {array.dtype} {array.shape}")
-    video = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)  # B, C, H, W
+    video = torch.from_numpy(np.array(array)).permute(0, 3, 1, 2)  # B, C, H, W (a writable copy)
     video = video.to(device=device, dtype=torch.float32) / 127.5 - 1.0
     return video.unsqueeze(2).to(dtype)  # one frame: B, C, 1, H, W
 

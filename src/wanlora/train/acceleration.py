@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..device_memory import available_bytes
+
 log = logging.getLogger(__name__)
 
 E4M3 = torch.float8_e4m3fn
@@ -395,7 +397,7 @@ def plan_speed(
     elif free_bytes is not None:
         budget = int(free_bytes)
     else:
-        budget = torch.cuda.mem_get_info(device)[0]
+        budget = available_bytes(device)
 
     if shape is None or tokens is None:  # no model shape: the previous rule
         if len(storages) == 2:
@@ -513,7 +515,7 @@ def blocks_to_checkpoint(model: nn.Module, plan: SpeedPlan, device: torch.device
         return spread(plan.recompute, n)
     if plan.tokens is None or device.type != "cuda":
         return list(range(n))
-    free, _total = torch.cuda.mem_get_info(device)
+    free = available_bytes(device)
     per_block = max(activation_bytes_per_block(model, plan.tokens, plan.compile), 1)
     keep = int(max(0, free - AUTO_RESERVE_BYTES) // per_block)  # blocks that need no recompute
     return spread(max(0, n - keep), n)

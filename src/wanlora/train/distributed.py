@@ -28,6 +28,7 @@ the process group comes from the launcher's environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import multiprocessing
@@ -45,6 +46,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..recipes import Project, load_project
 from ..recipes.schema import RecipeConfig
@@ -260,6 +262,7 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
     stop = ctx.Event()
     n_procs = sum(len(j.devices) for j in jobs)
     threads = max(1, (os.cpu_count() or 1) // n_procs)
+    devices = {job.expert: job.devices for job in jobs}
     results: dict[str, ExpertResult] = {}
     failure: _Failure | None = None
     interrupted = False
@@ -327,6 +330,9 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
                     kind, expert, rank, payload = msg
                     if kind == "step" and on_step is not None:
                         on_step(payload)
+                    elif kind == "log":  # the worker's plan, CUDA graph and warning lines
+                        level, text = payload
+                        log.log(level, "[%s, %s] %s", expert, devices[expert][rank], text)
                     elif kind == "done":
                         reported.add((expert, rank))
                         if rank == 0:
@@ -404,6 +410,20 @@ class _Inbox:
         raise queue_module.Empty
 
 
+class _LogToParent(logging.Handler):
+    """In a worker: wanlora's log records go to the parent, which shows them (a spawned
+    process has no logging set up, and its INFO lines would be lost)."""
+
+    def __init__(self, outbox: _Outbox, expert: str, rank: int):
+        super().__init__(logging.INFO)
+        self.outbox, self.expert, self.rank = outbox, expert, rank
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = ("log", self.expert, self.rank, (record.levelno, record.getMessage()))
+        with contextlib.suppress(OSError, ValueError):  # the parent is gone: nobody to tell
+            self.outbox.put(message)
+
+
 class _Outbox:
     """A worker's end: `put` sends at once."""
 
@@ -436,11 +456,16 @@ def _worker(spec: _WorkerSpec, messages, stop) -> None:
     expert, rank = spec.job.expert, spec.rank
     device = torch.device(spec.job.devices[rank])
     dp: DataParallel | None = None
+    if rank == 0:  # one rank's lines are enough: the others run the same plan
+        package_log = logging.getLogger("wanlora")
+        package_log.addHandler(_LogToParent(messages, expert, rank))
+        package_log.setLevel(logging.INFO)
     try:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        else:
-            torch.set_num_threads(spec.threads)
+        # the cores are shared out: a GPU worker's CPU work (noise, timesteps) is small, but
+        # each process's default of every core oversubscribes the machine
+        torch.set_num_threads(spec.threads)
         project = load_project(spec.root)
         if spec.max_vram_gb is not None:
             project.config.training.max_vram_gb = spec.max_vram_gb
@@ -546,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
                 on_step=_print_step if rank == 0 else None,
                 data_parallel=dp,
             )
+            free_device_memory(device)  # before the next expert plans its memory
             if dp is not None:
                 dp.barrier()
             if rank == 0:

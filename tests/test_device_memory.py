@@ -1,0 +1,44 @@
+"""What the memory plans count as free, and handing memory back between experts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wanlora.device_memory import available_bytes, free_device_memory
+
+
+def test_free_device_memory_on_the_cpu_collects_cycles():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle: only the collector frees it
+    alive = weakref.ref(a)
+    del a, b
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        assert alive() is not None
+        free_device_memory(torch.device("cpu"))
+        assert alive() is None
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_freed_blocks_count_as_available_and_go_back_to_the_driver():
+    device = torch.device("cuda")
+    free_device_memory(device)
+    before = available_bytes(device)
+    block = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    del block  # freed, but still reserved by the caching allocator
+    assert torch.cuda.memory_reserved(device) >= 1 << 30
+    assert available_bytes(device) >= before - (64 << 20)  # the plan sees it as ours
+    free_device_memory(device)
+    assert torch.cuda.memory_reserved(device) < 1 << 30
+    assert torch.cuda.mem_get_info(device)[0] >= before - (64 << 20)
