@@ -11,7 +11,6 @@ in a `wanlora` text chunk (the report reads it).
 
 from __future__ import annotations
 
-import gc
 import io
 import itertools
 import json
@@ -25,6 +24,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..recipes import Project
 from ..recipes.schema import LoraSettings, RecipeConfig
@@ -67,12 +67,6 @@ def dit_path(project: Project, expert: str) -> Path:
     return _path(project, project.config.experts[expert].dit, f"DiT file of the {expert} expert")
 
 
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def encode_prompts(
     project: Project, prompts: list[str], device: torch.device
 ) -> list[torch.Tensor]:
@@ -93,7 +87,7 @@ def encode_prompts(
             return [encoder.encode([p])[0].to("cpu", torch.bfloat16) for p in prompts]
     finally:
         del encoder
-        free_memory(device)
+        free_device_memory(device)
 
 
 def load_vae_for(project: Project, device: torch.device):
@@ -393,5 +387,5 @@ def sample_project(
     result.timesteps_seen = spec.timesteps_seen
     result.residency_events = spec.residency_events
     del experts, vae
-    free_memory(device)
+    free_device_memory(device)
     return result

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..device_memory import free_device_memory
 from ..recipes import Project
 from .pipeline import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -30,7 +31,7 @@ from .pipeline import (
     needs_offload,
     render,
 )
-from .sample import dit_path, encode_prompts, free_memory, load_vae_for, ordered_experts, save_png
+from .sample import dit_path, encode_prompts, load_vae_for, ordered_experts, save_png
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class TrainingMonitor:
                 self.sample(expert, epochs_done, model)
             except torch.OutOfMemoryError:
                 log.warning("%s: out of memory while sampling; samples skipped", expert)
-                free_memory(self.device)
+                free_device_memory(self.device)
             if writer is not None:
                 writer.add_scalar("perf/sample_seconds", time.perf_counter() - started, epochs_done)
         if writer is not None:
@@ -143,7 +144,7 @@ class TrainingMonitor:
             self._vae.to("cpu")
             model.to(train_device)
             model.train(was_training)
-            free_memory(self.device)
+            free_device_memory(self.device)
         strengths = {name: (1.0 if name == expert else 0.0) for name in self.names}
         writer = self._writer(expert)
         paths = []
@@ -222,4 +223,4 @@ class TrainingMonitor:
         self._writers.clear()
         self._base.clear()
         self._vae = None
-        free_memory(self.device)
+        free_device_memory(self.device)
