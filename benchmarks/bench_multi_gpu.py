@@ -42,7 +42,9 @@ MODES = {
 WARM_AFTER = 3  # steps left out of the per-step median (compile, warm-up, graph capture)
 
 
-def full_size_toml(epochs: int, resolution: int, dit: str, models: dict[str, str]) -> str:
+def full_size_toml(epochs: int, resolution: int, models: dict[str, str]) -> str:
+    from wanlora.demo import models_toml
+
     return f"""\
 # bench_multi_gpu.py --full-size: the wan22-t2v recipe with random 14B weights, shortened.
 recipe = "wan22-t2v"
@@ -60,17 +62,7 @@ max_train_epochs = {epochs}
 save_every_n_epochs = {epochs}
 max_data_loader_n_workers = 0
 
-[models]
-vae = "{models["vae"]}"
-text_encoder = "{models["text_encoder"]}"
-tokenizer = "{models["tokenizer"]}"
-
-[experts.high]
-dit = "{dit}"
-
-[experts.low]
-dit = "{dit}"
-"""
+{models_toml(models)}"""
 
 
 def write_full_size_project(
@@ -105,10 +97,8 @@ def write_full_size_project(
         k: Path(getattr(paths, k)).relative_to(root).as_posix()
         for k in ("vae", "text_encoder", "tokenizer")
     }
-    atomic_write_text(
-        root / "wanlora.toml",
-        full_size_toml(epochs, resolution, dit.relative_to(root).as_posix(), relative),
-    )
+    relative["dit_high"] = relative["dit_low"] = dit.relative_to(root).as_posix()  # one file
+    atomic_write_text(root / "wanlora.toml", full_size_toml(epochs, resolution, relative))
     return root
 
 

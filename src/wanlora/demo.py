@@ -30,6 +30,22 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = [(96, 96), (128, 96), (96, 128), (160, 90), (90, 160), (112, 112)]
 
 
+def models_toml(models: dict[str, str]) -> str:
+    """The [models] and [experts.*] tables for model files at these paths."""
+    return f"""\
+[models]
+vae = "{models["vae"]}"
+text_encoder = "{models["text_encoder"]}"
+tokenizer = "{models["tokenizer"]}"
+
+[experts.high]
+dit = "{models["dit_high"]}"
+
+[experts.low]
+dit = "{models["dit_low"]}"
+"""
+
+
 def demo_toml(epochs: int, models: dict[str, str]) -> str:
     return f"""\
 # The built-in demo: the wan22-t2v recipe on tiny random models (CPU, no downloads).
@@ -50,17 +66,7 @@ save_every_n_epochs = {epochs}
 save_state_every_n_steps = 18
 max_data_loader_n_workers = 0
 
-[models]
-vae = "{models["vae"]}"
-text_encoder = "{models["text_encoder"]}"
-tokenizer = "{models["tokenizer"]}"
-
-[experts.high]
-dit = "{models["dit_high"]}"
-
-[experts.low]
-dit = "{models["dit_low"]}"
-
+{models_toml(models)}
 [sample]
 prompts = ["{DEMO_TRIGGER}, a red circle on a blue background"]
 steps = 4
