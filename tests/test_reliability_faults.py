@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cli_run import run_cli
 from test_reliability_kill import make_small_demo
 from wanlora.errors import WanloraError
 from wanlora.train import lock as lock_mod
@@ -104,6 +105,50 @@ def test_disk_full_while_caching_is_one_clear_line(trained, zygote, tmp_path):
     assert NO_SPACE.search(one_line_error(result))
     assert temp_files(root) == []
     assert len(list((root / "cache" / "latents").glob("*.safetensors"))) == 1  # kept
+
+
+# --- out of GPU memory (another program fills the card) ------------------------------------
+OOM_FIX = "close other programs that use the GPU (`nvidia-smi` lists them)"
+
+
+def test_out_of_memory_while_loading_the_model_is_one_clear_line(trained, zygote, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(trained, root)
+    before = snapshot(root)
+    result = zygote.run(
+        "train", str(root), "--device", "cpu", "--overwrite",
+        env={"WANLORA_FAULT_AT": "model_load:1:oom"},
+    )  # fmt: skip
+    message = one_line_error(result)
+    assert "high: out of GPU memory while loading wan2.2_t2v_high_noise_tiny_fp16" in message
+    assert OOM_FIX in message and "bug" not in message
+    assert snapshot(root) == before  # nothing of the previous run touched
+
+
+def test_out_of_memory_in_a_worker_process_is_one_clear_line(trained, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(trained, root)
+    result = run_cli(
+        "train", str(root), "--devices", "cpu,cpu", "--overwrite",
+        env={"WANLORA_FAULT_AT": "model_load:1:oom"},
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "out of GPU memory while loading" in output and OOM_FIX in output, output
+    assert "Traceback" not in output and "bug" not in output, output
+    assert output.count("run the same command again to resume") == 1, output
+
+
+def test_out_of_memory_outside_training_is_not_called_a_bug(trained, zygote, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(trained, root)
+    shutil.rmtree(root / "cache")
+    result = zygote.run(
+        "cache", str(root), "--device", "cpu", env={"WANLORA_FAULT_AT": "cache_write:1:oom"}
+    )
+    message = one_line_error(result)
+    assert message.startswith("error: out of GPU memory (CUDA out of memory")
+    assert "nvidia-smi" in message and "bug" not in message
 
 
 def test_a_real_write_failure_from_safetensors_and_torch_save_is_recognised(tmp_path):

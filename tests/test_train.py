@@ -231,6 +231,8 @@ def test_out_of_memory_is_one_line_with_what_to_do(project_dir):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     with pytest.raises(
-        WanloraError, match="out of GPU memory at step 1 -- close other GPU programs"
+        WanloraError,
+        match=r"high: out of GPU memory after 1 completed step -- close other programs that use "
+        r"the GPU \(`nvidia-smi` lists them\), or pass --max-vram N",
     ):
         train_expert(load_project(project_dir), "high", device=CPU, on_step=oom)

@@ -7,12 +7,14 @@ nothing. WANLORA_FAULT_AT holds comma-separated rules `NAME[GLOB]:N[:ACTION]`:
     NAME    the point: cache_write (after a cache entry is written, build.py), step (after an
             optimiser step, loop.py), state_write (a state folder half written: trainer.pt
             there, meta.json not yet, state.py), atomic_write (a temporary file fully
-            written, not yet renamed over its target, fsutil.py)
+            written, not yet renamed over its target, fsutil.py), model_load (a DiT loaded
+            and prepared for training, loop.py)
     GLOB    optional fnmatch pattern on the path passed with the point, e.g.
             atomic_write[*Noise*]:1 hits the first LoRA file written, not cache entries
     N       act at the N-th matching call in this process (1-based)
-    ACTION  kill (default: SIGKILL this process, like a preempted machine) or enospc (raise
-            OSError(ENOSPC), like a full disk)
+    ACTION  kill (default: SIGKILL this process, like a preempted machine), enospc (raise
+            OSError(ENOSPC), like a full disk) or oom (raise torch.OutOfMemoryError, like a
+            GPU that another program fills)
 
 Example: WANLORA_FAULT_AT="state_write:2" kills `wanlora train` half-way through its second
 state save. Counters are per process, so a resumed run counts from zero again.
@@ -27,7 +29,7 @@ import re
 import signal
 
 ENV = "WANLORA_FAULT_AT"
-_RULE = re.compile(r"(\w+)(?:\[([^\]]+)\])?:(\d+)(?::(kill|enospc))?")
+_RULE = re.compile(r"(\w+)(?:\[([^\]]+)\])?:(\d+)(?::(kill|enospc|oom))?")
 _counts: dict[int, int] = {}
 _rules: list[tuple[str, str | None, int, str]] | None = None
 
@@ -37,7 +39,7 @@ def _parse(spec: str) -> list[tuple[str, str | None, int, str]]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         m = _RULE.fullmatch(part)
         if m is None:
-            raise ValueError(f"{ENV}: bad rule {part!r} (expected NAME[GLOB]:N[:kill|enospc])")
+            raise ValueError(f"{ENV}: bad rule {part!r} (expected NAME[GLOB]:N[:kill|enospc|oom])")
         rules.append((m[1], m[2], int(m[3]), m[4] or "kill"))
     return rules
 
@@ -58,6 +60,10 @@ def point(name: str, path: os.PathLike | str | None = None) -> None:
             continue
         if action == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path or ""))
+        if action == "oom":
+            import torch
+
+            raise torch.OutOfMemoryError(f"CUDA out of memory ({ENV}: {name}:{n}:oom)")
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -68,6 +68,16 @@ def main() -> None:
     except Exception as exc:  # a bug: one line here, the traceback with --debug
         if _state["debug"]:
             raise
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(exc, torch.OutOfMemoryError):  # not a bug
+            first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+            err_console.print(
+                f"[bold red]error:[/] out of GPU memory ({first_line}) -- close other programs "
+                "that use the GPU (`nvidia-smi` lists them) and run the same command again",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
         err_console.print(
             f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} -- this is a bug in wanlora; "
             "rerun with --debug and report the traceback",

@@ -378,9 +378,14 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
             failure.what
             if failure.what.startswith(failure.expert)
             else f"{failure.expert}: {failure.what}",
-            (failure.fix or "fix the problem") + note + "; run the same command again to resume",
+            _with_resume_hint((failure.fix or "fix the problem") + note),
         )
     return results
+
+
+def _with_resume_hint(fix: str) -> str:
+    hint = "run the same command again to resume"
+    return fix if hint in fix else f"{fix}; {hint}"
 
 
 class _Inbox:

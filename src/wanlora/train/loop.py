@@ -194,12 +194,16 @@ def train_expert(
         rank=config.lora.network_dim,
     )
     _check_plan_fits(plan, config.training.max_vram_gb, expert)
-    model, _info = load_dit(
-        dit_path, dtype=plan.load_dtype, device=device, fp8_round=config.training.fp8_base
-    )
-    prepare_base(model, plan)
-    add_lora(model, config.lora)
-    prepare_for_speed(model, plan, device)
+    try:
+        model, _info = load_dit(
+            dit_path, dtype=plan.load_dtype, device=device, fp8_round=config.training.fp8_base
+        )
+        prepare_base(model, plan)
+        add_lora(model, config.lora)
+        prepare_for_speed(model, plan, device)
+        faults.point("model_load")  # test hook (faults.py): inert unless asked
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(expert, f"while loading {dit_path.name} on {device}") from None
     model.train()
 
     # --- 4. optimiser, schedule, loss scaling, RNG ---------------------------------------
@@ -338,11 +342,8 @@ def train_expert(
         save(finished=False)
         raise
     except torch.OutOfMemoryError:
-        raise WanloraError(
-            f"{expert}: out of GPU memory at step {state.step}",
-            "close other GPU programs, or pass --max-vram N (a little under the card's memory) "
-            "so the plan stores weights in fp8 and recomputes more blocks; `wanlora doctor` shows the plan",
-        ) from None
+        done = f"{state.step} completed step{'' if state.step == 1 else 's'}"
+        raise _out_of_memory(expert, f"after {done}") from None
     finally:
         if writer is not None:
             writer.close()
@@ -363,6 +364,15 @@ def train_expert(
     if is_main:
         save_lora_file(out_path, tensors, metadata)
     return ExpertResult(expert, out_path, state.step, last_loss)
+
+
+def _out_of_memory(expert: str, when: str) -> WanloraError:
+    return WanloraError(
+        f"{expert}: out of GPU memory {when}",
+        "close other programs that use the GPU (`nvidia-smi` lists them), or pass --max-vram N "
+        "(a little under the card's memory) so the plan stores weights in fp8 and recomputes "
+        "more blocks; `wanlora doctor` shows the plan; run the same command again to resume",
+    )
 
 
 def _draws(samples, batch, config, settings, generator) -> tuple[torch.Tensor, torch.Tensor]:
