@@ -142,6 +142,25 @@ def test_expert_parallel_trains_both_experts_at_once(project_dir, caplog):
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-6, rtol=1e-5)
 
 
+def test_workers_sample_at_epoch_ends_like_one_process(project_dir):
+    from wanlora.sampling.report import read_scalars
+    from wanlora.sampling.training import TrainingMonitor
+
+    config = project_dir / "wanlora.toml"
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("[sample]\n", "[sample]\nevery_n_epochs = 1\n"),
+        encoding="utf-8",
+    )
+    project = load_project(project_dir)
+    run_training(project, devices=CPU2, on_epoch_end=TrainingMonitor(project, torch.device("cpu")))
+    samples = sorted(p.name for p in (project.output_dir / "samples").glob("*.png"))
+    assert samples == ["train_high_e0001_p00_seed42.png", "train_low_e0001_p00_seed42.png"]
+    for expert in ("high", "low"):
+        assert read_scalars(project.output_dir / "logs" / expert)["perf/peak_rss_gib"].steps == [1]
+    with pytest.raises(WanloraError, match="on_epoch_end callback cannot run in worker"):
+        run_training(project, devices=CPU2, on_epoch_end=lambda *a: None, overwrite=True)
+
+
 def test_data_parallel_equals_one_process_with_n_times_the_accumulation(project_dir):
     """N = 2 ranks, batch 1 each: 9 steps of 2 samples per epoch instead of 18 of 1; the
     result is the one-process run with gradient_accumulation_steps = 2 (same noise too)."""

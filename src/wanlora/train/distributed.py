@@ -238,8 +238,12 @@ def run_parallel(
     overwrite: bool = False,
     restart: bool = False,
     on_step: StepCallback | None = None,
+    monitor: bool = False,
 ) -> list[ExpertResult]:
-    """Build the cache once here, then run each wave's jobs in worker processes."""
+    """Build the cache once here, then run each wave's jobs in worker processes.
+
+    `monitor`: each job's rank 0 runs a TrainingMonitor at its epoch ends (memory numbers,
+    the [sample] images), as `wanlora train` does in one process."""
     from ..cache.build import build_cache
     from ..dataset.items import load_items
 
@@ -252,11 +256,11 @@ def run_parallel(
     build_cache(project, items=load_items(project), device=torch.device(waves[0][0].devices[0]))
     results: dict[str, ExpertResult] = {}
     for wave in waves:
-        results.update(_run_wave(project, wave, overwrite, restart, on_step))
+        results.update(_run_wave(project, wave, overwrite, restart, on_step, monitor))
     return [results[job.expert] for wave in waves for job in wave]
 
 
-def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertResult]:
+def _run_wave(project, jobs, overwrite, restart, on_step, monitor) -> dict[str, ExpertResult]:
     ctx = multiprocessing.get_context("spawn")
     messages = _Inbox(ctx)
     stop = ctx.Event()
@@ -282,6 +286,7 @@ def _run_wave(project, jobs, overwrite, restart, on_step) -> dict[str, ExpertRes
                         overwrite,
                         restart,
                         threads,
+                        monitor,
                         project.config.training.max_vram_gb,
                     )
                     proc = ctx.Process(
@@ -451,7 +456,24 @@ class _WorkerSpec:
     overwrite: bool
     restart: bool
     threads: int
+    monitor: bool  # rank 0 runs a TrainingMonitor at epoch ends (samples, memory numbers)
     max_vram_gb: float | None = None  # `wanlora train --max-vram`: not in wanlora.toml
+
+
+@contextlib.contextmanager
+def _epoch_monitor(project: Project, device: torch.device, on: bool):
+    """The on_epoch_end callback of a worker: a TrainingMonitor when `on`, else None. The
+    other ranks of a data-parallel group wait at the next all_reduce while rank 0 samples."""
+    if not on:
+        yield None
+        return
+    from ..sampling.training import TrainingMonitor
+
+    monitor = TrainingMonitor(project, device)
+    try:
+        yield monitor
+    finally:
+        monitor.close()
 
 
 def _worker(spec: _WorkerSpec, messages, stop) -> None:
@@ -489,15 +511,17 @@ def _worker(spec: _WorkerSpec, messages, stop) -> None:
             if dp.stop_requested if dp is not None else stop.is_set():
                 raise StopTraining
 
-        result = train_expert(
-            project,
-            expert,
-            device=device,
-            overwrite=spec.overwrite,
-            restart=spec.restart,
-            on_step=on_step,
-            data_parallel=dp,
-        )
+        with _epoch_monitor(project, device, spec.monitor and rank == 0) as on_epoch_end:
+            result = train_expert(
+                project,
+                expert,
+                device=device,
+                overwrite=spec.overwrite,
+                restart=spec.restart,
+                on_step=on_step,
+                on_epoch_end=on_epoch_end,
+                data_parallel=dp,
+            )
         if dp is not None:
             dp.barrier()  # rank 0 has written the files
         messages.put(("done", expert, rank, result))
@@ -567,15 +591,17 @@ def main(argv: list[str] | None = None) -> int:
         if dp is not None:
             dp.barrier()
         for expert in experts:
-            result = train_expert(
-                project,
-                expert,
-                device=device,
-                overwrite=args.overwrite,
-                restart=args.restart,
-                on_step=_print_step if rank == 0 else None,
-                data_parallel=dp,
-            )
+            with _epoch_monitor(project, device, rank == 0) as on_epoch_end:
+                result = train_expert(
+                    project,
+                    expert,
+                    device=device,
+                    overwrite=args.overwrite,
+                    restart=args.restart,
+                    on_step=_print_step if rank == 0 else None,
+                    on_epoch_end=on_epoch_end,
+                    data_parallel=dp,
+                )
             free_device_memory(device)  # before the next expert plans its memory
             if dp is not None:
                 dp.barrier()

@@ -80,7 +80,19 @@ def _lint_and_train(
         parallel_experts=parallel_experts,
     )
     if waves is not None:
-        return run_parallel(project, waves, overwrite=overwrite, restart=restart, on_step=on_step)
+        # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
+        # worker runs its own); any other on_epoch_end would be silently skipped
+        from ..sampling.training import TrainingMonitor
+
+        monitor = isinstance(on_epoch_end, TrainingMonitor)
+        if on_epoch_end is not None and not monitor:
+            raise WanloraError(
+                "an on_epoch_end callback cannot run in worker processes",
+                "train on one device (devices=[...] with one entry), or leave on_epoch_end out",
+            )
+        return run_parallel(
+            project, waves, overwrite=overwrite, restart=restart, on_step=on_step, monitor=monitor
+        )
     return train_project(
         project,
         experts,
