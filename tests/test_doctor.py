@@ -201,3 +201,17 @@ def test_cli_json_and_exit_codes(tmp_path, project):
     r = run_cli("doctor", str(tmp_path / "nope"))
     assert r.returncode == 1 and "not a project folder" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_devices_text_says_how_train_spreads_the_experts():
+    from wanlora.doctor import devices_text
+
+    two = devices_text(["high", "low"], ["cuda:0", "cuda:1"])
+    assert two.startswith("2 GPUs: high on cuda:0 and low on cuda:1, at the same time")
+    assert "cuda:2 unused" in devices_text(["high", "low"], ["cuda:0", "cuda:1", "cuda:2"])
+    four = devices_text(["high", "low"], [f"cuda:{i}" for i in range(4)])
+    assert four.startswith("4 GPUs: high on cuda:0 and low on cuda:1")
+    assert "cuda:2, cuda:3 unused (--data-parallel 2: each expert over 2 GPUs)" in four
+    one_expert = devices_text(["main"], ["cuda:0", "cuda:1"])
+    assert "main on cuda:0 (--data-parallel 2: over all of them); cuda:1 unused" in one_expert
+    assert devices_text(["high", "low"], ["cuda:0"]).startswith("1 GPU: high then low on cuda:0")

@@ -91,6 +91,7 @@ def run_doctor(project: Project | None) -> DoctorReport:
     shape = dit_shape(*biggest) if biggest else None
     need = _smallest_need(project.config, shape) if shape else None
     _check_gpu(report, need, [size for _, size in dits])
+    _check_devices(report, project)
     if shape is not None:
         _check_plan(report, project.config, shape, max(size for _, size in dits))
     _check_disk(report, project)
@@ -399,6 +400,42 @@ def _check_gpu(report: DoctorReport, need: int | None, dit_bytes: list[int]) -> 
         report.add("GPU", "warn", f"{gpu}; {need_text} -- tight, may run out of memory")
     else:
         report.add("GPU", "ok", f"{gpu}; {need_text}")
+
+
+def _check_devices(report: DoctorReport, project: Project) -> None:
+    """With several GPUs: how `wanlora train` will spread the experts over them."""
+    import torch
+
+    if torch.cuda.device_count() > 1:
+        from .train.distributed import visible_devices
+
+        experts = list(project.config.experts)
+        report.add("Devices", "ok", devices_text(experts, visible_devices()))
+
+
+def devices_text(experts: list[str], devices: list[str]) -> str:
+    """What `wanlora train` does with these devices by default (docs/multi_gpu.md)."""
+    from .train.distributed import plan_jobs
+
+    waves = plan_jobs(experts, devices)
+    if waves is None:  # one process on the first device
+        text = f"{' then '.join(experts)} on {devices[0]}"
+        if len(devices) > 1 and len(experts) == 1:
+            text += f" (--data-parallel {len(devices)}: over all of them)"
+        used = devices[:1]
+    else:
+        jobs = [" and ".join(f"{j.expert} on {', '.join(j.devices)}" for j in w) for w in waves]
+        text = "; then ".join(jobs)
+        if len(waves) == 1 and len(waves[0]) > 1:
+            text += ", at the same time (--sequential: one after the other)"
+        used = sorted({d for w in waves for j in w for d in j.devices})
+    unused = [d for d in devices if d not in used]
+    if unused:
+        text += f"; {', '.join(unused)} unused"
+        per_expert = len(devices) // len(experts)
+        if waves is not None and per_expert >= 2:
+            text += f" (--data-parallel {per_expert}: each expert over {per_expert} GPUs)"
+    return f"{len(devices)} GPU{'s' if len(devices) > 1 else ''}: {text}; see docs/multi_gpu.md"
 
 
 def _check_disk(report: DoctorReport, project: Project) -> None:
