@@ -114,6 +114,21 @@ def warm_step_seconds(reports) -> dict[str, float | None]:
     }
 
 
+RECIPE_SAMPLES = 1800  # per expert: 18 images x 100 epochs, batch 1
+
+
+def projected_recipe_minutes(
+    wall_s: float, steps: dict[str, int], warm_s: dict, *, side_by_side: bool, data_parallel: int
+) -> float | None:
+    """This run's wall time with each expert's steps extended to the recipe's (1800 samples,
+    so 1800 / N optimiser steps data-parallel) at its warm speed: experts side by side add
+    the longest extension, one after the other the sum."""
+    if any(warm_s.get(e) is None for e in steps):
+        return None
+    extra = [(RECIPE_SAMPLES // data_parallel - n) * warm_s[e] for e, n in steps.items()]
+    return round((wall_s + (max(extra) if side_by_side else sum(extra))) / 60, 1)
+
+
 class StepLog:
     """The StepReports of one run, and when each expert's first step arrived."""
 
@@ -167,6 +182,13 @@ def run_modes(source: Path, modes: list[str], *, cpu: bool, work: Path) -> list[
             "gpu0_allocated_after_gib": None
             if cpu
             else round(torch.cuda.memory_allocated(0) / 2**30, 2),
+            "recipe_min": projected_recipe_minutes(
+                wall,
+                {r.expert: r.steps for r in results},
+                warm_step_seconds(steps.reports),
+                side_by_side=parallel,
+                data_parallel=data_parallel,
+            ),
             "speedup_vs_first": round(baseline / wall, 2),
             "gpu": "cpu" if cpu else torch.cuda.get_device_name(0),
         }

@@ -37,3 +37,26 @@ def test_warm_step_seconds_leaves_out_the_first_steps():
     reports = [StepReport("high", i + 1, 6, 0.1, 1e-4, s) for i, s in enumerate([9, 9, 9, 1, 2, 3])]
     assert bench.warm_step_seconds(reports) == {"high": 2}
     assert bench.warm_step_seconds(reports[:3]) == {"high": None}
+
+
+def test_recipe_projection_extends_each_expert_to_1800_samples():
+    bench = load_benchmark("bench_multi_gpu.py")
+    steps, warm = {"high": 36, "low": 36}, {"high": 0.5, "low": 0.5}
+    one_after_other = bench.projected_recipe_minutes(
+        100.0, steps, warm, side_by_side=False, data_parallel=1
+    )
+    assert one_after_other == round((100 + 2 * 1764 * 0.5) / 60, 1)
+    side_by_side = bench.projected_recipe_minutes(
+        100.0, steps, warm, side_by_side=True, data_parallel=1
+    )
+    assert side_by_side == round((100 + 1764 * 0.5) / 60, 1)
+    dp = bench.projected_recipe_minutes(
+        100.0, {"high": 18, "low": 18}, warm, side_by_side=False, data_parallel=2
+    )
+    assert dp == round((100 + 2 * 882 * 0.5) / 60, 1)
+    assert (
+        bench.projected_recipe_minutes(
+            1.0, steps, {"high": None, "low": 0.5}, side_by_side=True, data_parallel=1
+        )
+        is None
+    )
