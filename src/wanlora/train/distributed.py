@@ -383,14 +383,9 @@ def _run_wave(project, jobs, overwrite, restart, on_step, monitor) -> dict[str, 
             failure.what
             if failure.what.startswith(failure.expert)
             else f"{failure.expert}: {failure.what}",
-            _with_resume_hint((failure.fix or "fix the problem") + note),
+            (failure.fix or "fix the problem") + note,
         )
     return results
-
-
-def _with_resume_hint(fix: str) -> str:
-    hint = "run the same command again to resume"
-    return fix if hint in fix else f"{fix}; {hint}"
 
 
 class _Inbox:
@@ -541,7 +536,8 @@ def _worker(spec: _WorkerSpec, messages, stop) -> None:
                 rank,
                 (
                     f"unexpected {type(exc).__name__} in worker {rank}: {exc}",
-                    "the traceback is above; this may be a bug in wanlora",
+                    "the traceback is above; this may be a bug in wanlora; "
+                    "run the same command again to resume",
                 ),
             )
         )
