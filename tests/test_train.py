@@ -232,7 +232,8 @@ def test_out_of_memory_is_one_line_with_what_to_do(project_dir):
 
     with pytest.raises(
         WanloraError,
-        match=r"high: out of GPU memory after 1 completed step -- close other programs that use "
+        match=r"high: out of GPU memory after 1 completed step \(CUDA out of memory\. Tried to "
+        r"allocate 2\.00 GiB\) -- close other programs that use "
         r"the GPU \(`nvidia-smi` lists them\), or pass --max-vram N",
     ):
         train_expert(load_project(project_dir), "high", device=CPU, on_step=oom)

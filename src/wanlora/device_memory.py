@@ -25,3 +25,12 @@ def available_bytes(device: torch.device) -> int:
     the blocks our caching allocator holds without using them."""
     free, _total = torch.cuda.mem_get_info(device)
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def out_of_memory_detail(exc: BaseException) -> str:
+    """The informative part of torch's out-of-memory message (what it tried to allocate, what
+    is free, which processes hold the card), without its allocator tuning advice."""
+    text = " ".join(str(exc).split()) or "CUDA out of memory"
+    for cut in (" Including non-PyTorch memory", " If reserved but unallocated"):
+        text = text.split(cut)[0]
+    return text.rstrip(". ")

@@ -70,9 +70,10 @@ def main() -> None:
             raise
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(exc, torch.OutOfMemoryError):  # not a bug
-            first_line = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+            from ..device_memory import out_of_memory_detail
+
             err_console.print(
-                f"[bold red]error:[/] out of GPU memory ({first_line}) -- close other programs "
+                f"[bold red]error:[/] out of GPU memory ({out_of_memory_detail(exc)}) -- close other programs "
                 "that use the GPU (`nvidia-smi` lists them) and run the same command again",
                 highlight=False,
                 soft_wrap=True,

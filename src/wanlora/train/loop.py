@@ -27,7 +27,7 @@ from .. import faults
 from ..cache.build import build_cache, default_device, load_cached_tensors
 from ..dataset.items import DatasetItem, load_items
 from ..dataset.order import epoch_batches, steps_per_epoch
-from ..device_memory import free_device_memory
+from ..device_memory import free_device_memory, out_of_memory_detail
 from ..errors import WanloraError
 from ..models.registry import resolve_model_path
 from ..recipes import Project
@@ -202,8 +202,8 @@ def train_expert(
         add_lora(model, config.lora)
         prepare_for_speed(model, plan, device)
         faults.point("model_load")  # test hook (faults.py): inert unless asked
-    except torch.OutOfMemoryError:
-        raise _out_of_memory(expert, f"while loading {dit_path.name} on {device}") from None
+    except torch.OutOfMemoryError as exc:
+        raise _out_of_memory(expert, f"while loading {dit_path.name} on {device}", exc) from None
     model.train()
 
     # --- 4. optimiser, schedule, loss scaling, RNG ---------------------------------------
@@ -341,9 +341,9 @@ def train_expert(
     except KeyboardInterrupt:
         save(finished=False)
         raise
-    except torch.OutOfMemoryError:
+    except torch.OutOfMemoryError as exc:
         done = f"{state.step} completed step{'' if state.step == 1 else 's'}"
-        raise _out_of_memory(expert, f"after {done}") from None
+        raise _out_of_memory(expert, f"after {done}", exc) from None
     finally:
         if writer is not None:
             writer.close()
@@ -366,9 +366,9 @@ def train_expert(
     return ExpertResult(expert, out_path, state.step, last_loss)
 
 
-def _out_of_memory(expert: str, when: str) -> WanloraError:
+def _out_of_memory(expert: str, when: str, exc: BaseException) -> WanloraError:
     return WanloraError(
-        f"{expert}: out of GPU memory {when}",
+        f"{expert}: out of GPU memory {when} ({out_of_memory_detail(exc)})",
         "close other programs that use the GPU (`nvidia-smi` lists them), or pass --max-vram N "
         "(a little under the card's memory) so the plan stores weights in fp8 and recomputes "
         "more blocks; `wanlora doctor` shows the plan; run the same command again to resume",
