@@ -145,7 +145,7 @@ class StepLog:
 
 def run_modes(source: Path, modes: list[str], *, cpu: bool, work: Path) -> list[dict]:
     from wanlora.recipes import load_project
-    from wanlora.train.run import run_training
+    from wanlora.run.training import run_training
 
     rows, baseline = [], None
     for mode in modes:

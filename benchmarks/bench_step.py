@@ -3,7 +3,7 @@
 Builds the DiT with random weights directly on the device (no file): the 14B expert by
 default (dim 5120, 40 layers, 40 heads, ffn 13824, text_dim 4096, freq_dim 256), or tiny
 dims with --tiny (the CPU smoke test). Every variant runs the library's own training step
-(wanlora.train.loop._training_step: fp16 autocast, GradScaler, MSE in float32) on the same
+(wanlora.train.step.training_step: fp16 autocast, GradScaler, MSE in float32) on the same
 data and the same LoRA initialisation, so the loss curves are comparable.
 
     python benchmarks/bench_step.py --all --out DIR        # every variant, fresh process each
@@ -12,7 +12,7 @@ data and the same LoRA initialisation, so the loss curves are comparable.
 
 Variants (see VARIANTS): "reference" is the direct port (diffusers layerwise fp8 casting,
 fp16 autocast + GradScaler, every block checkpointed, SDPA, no compile); the others go through
-wanlora.train.acceleration.
+wanlora.train.speed.
 """
 
 from __future__ import annotations
@@ -209,16 +209,12 @@ def run_variant(
     max_vram_gb: float | None = None,
     profile: bool = False,
 ) -> dict:
+    from wanlora.lora.inject import add_lora, lora_parameters
+    from wanlora.models.precision import grad_scaler
     from wanlora.recipes import load_recipe
-    from wanlora.train.acceleration import (
-        DitShape,
-        plan_speed,
-        prepare_base,
-        prepare_for_speed,
-    )
-    from wanlora.train.cuda_graph import why_not_graphed
-    from wanlora.train.lora import add_lora, lora_parameters
-    from wanlora.train.precision import grad_scaler
+    from wanlora.train.speed.cuda_graph import why_not_graphed
+    from wanlora.train.speed.memory_plan import DitShape, plan_speed
+    from wanlora.train.speed.prepare import prepare_base, prepare_for_speed
 
     spec = VARIANTS[name]
     recipe = load_recipe("wan22-t2v")
@@ -266,12 +262,12 @@ def run_variant(
     graphed = None
     graph_ok = plan is not None and why_not_graphed(plan_training, 0.0, device, n_ckpt, 1) is None
     if spec.get("graph", True) and graph_ok:  # as the training loop decides
-        from wanlora.train.cuda_graph import GraphedStep, set_capturable
-        from wanlora.train.loop import _prediction_loss
+        from wanlora.train.speed.cuda_graph import GraphedStep, set_capturable
+        from wanlora.train.step import prediction_loss
 
         set_capturable(optimizer, device, on=True)
         graphed = GraphedStep(
-            lambda *inputs: _prediction_loss(model, *inputs, dtype, cache_enabled=False),
+            lambda *inputs: prediction_loss(model, *inputs, dtype, cache_enabled=False),
             lora_parameters(model),
             optimizer,
             scaler,
@@ -320,7 +316,7 @@ def _steps(
     warmup,
     steps,
 ):
-    from wanlora.train.loop import _step_inputs, _training_step
+    from wanlora.train.step import model_inputs, training_step
 
     cuda = device.type == "cuda"
     times, losses = [], []
@@ -332,10 +328,10 @@ def _steps(
         start = time.perf_counter()
         batch = [step % len(samples)]
         if graphed is not None:  # the whole step (optimiser included) replayed from a graph
-            inputs = _step_inputs(samples, batch, recipe, expert, generator, device)
+            inputs = model_inputs(samples, batch, recipe, expert, generator, device)
             loss = graphed(*inputs).item()
         else:
-            loss = _training_step(
+            loss = training_step(
                 model, samples, batch, recipe, expert, generator, device, dtype, scaler
             )
             scaler.step(optimizer)

@@ -1,6 +1,6 @@
 """End-to-end training of the built-in demo on a GPU: with and without the CUDA-graphed step.
 
-Runs the library's own training (wanlora.train.run.run_training) on the demo project's tiny
+Runs the library's own training (wanlora.run.training.run_training) on the demo project's tiny
 real-layout models twice on the GPU, once with `training.cuda_graph = "auto"` (graphed) and
 once with "off", and compares the two experts' LoRA files (the graph replays the same
 kernels, so they should agree to the last bit or very nearly).
@@ -32,7 +32,7 @@ def move_out_and_back(expert: str, epochs_done: int, model: torch.nn.Module) -> 
 def train_demo(root: Path, cuda_graph: str, device: torch.device, move: bool = False) -> dict:
     from wanlora.demo import create_demo_project
     from wanlora.recipes import load_project
-    from wanlora.train.run import run_training
+    from wanlora.run.training import run_training
 
     project = create_demo_project(root, epochs=2)
     toml = root / "wanlora.toml"

@@ -1,4 +1,4 @@
-"""wanlora.train.acceleration on the CPU: fp8 storage is exact, fp8 compute is close,
+"""wanlora.train.speed on the CPU: fp8 storage is exact, fp8 compute is close,
 the plan keeps the recipe's numerics by default, the recompute policy is honoured."""
 
 from __future__ import annotations
@@ -8,22 +8,16 @@ import torch
 from torch import nn
 
 from wanlora.recipes import load_recipe
-from wanlora.train.acceleration import (
-    Fp8Linear,
-    SpeedPlan,
-    keep_transposed_weights,
-    plan_speed,
-    prepare_base,
-    prepare_for_speed,
-    tokens_for_resolution,
-)
+from wanlora.train.speed.fp8_linear import Fp8Linear, keep_transposed_weights
+from wanlora.train.speed.memory_plan import SpeedPlan, plan_speed, tokens_for_resolution
+from wanlora.train.speed.prepare import prepare_base, prepare_for_speed
 
 CPU = torch.device("cpu")
 
 
 def _forward_backward(model):
     """One bf16-autocast forward + backward of a tiny DiT: its output and LoRA gradients."""
-    from wanlora.train.lora import lora_parameters
+    from wanlora.lora.inject import lora_parameters
 
     torch.manual_seed(1)
     x = torch.randn(1, 16, 1, 8, 8)
@@ -86,10 +80,10 @@ def test_kept_transposed_weight_gives_the_same_fp8_products():
 
 
 def test_skipping_peft_input_cast_is_bit_identical_under_autocast(tmp_path):
+    from wanlora.lora.inject import add_lora, lora_parameters
     from wanlora.models import load_dit
     from wanlora.models.tiny import write_tiny_models
-    from wanlora.train.acceleration import skip_lora_input_cast
-    from wanlora.train.lora import add_lora, lora_parameters
+    from wanlora.train.speed.lora_input import skip_lora_input_cast
 
     dit = write_tiny_models(tmp_path).dit_low
     lora = load_recipe("wan22-t2v").lora
@@ -140,9 +134,9 @@ def test_fp8_storage_on_needs_fp8_base():
 
 
 def test_fp8_loaded_model_equals_16_bit_load(tmp_path):
+    from wanlora.lora.inject import add_lora, lora_parameters
     from wanlora.models import load_dit
     from wanlora.models.tiny import write_tiny_models
-    from wanlora.train.lora import add_lora, lora_parameters
 
     paths = write_tiny_models(tmp_path)
     dit = paths.dit_high

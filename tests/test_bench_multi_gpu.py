@@ -6,7 +6,7 @@ from benchmarks_module import load_benchmark
 from wanlora.dataset.lint import check_dataset
 from wanlora.models.tiny import tiny_dit_layout
 from wanlora.recipes import load_project
-from wanlora.train.loop import StepReport
+from wanlora.train.callbacks import StepReport
 
 
 def test_full_size_project_builds_and_trains(tmp_path):

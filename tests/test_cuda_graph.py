@@ -1,4 +1,4 @@
-"""wanlora.train.cuda_graph on the CPU: the warm-up's effect is undone exactly, and the
+"""wanlora.train.speed.cuda_graph on the CPU: the warm-up's effect is undone exactly, and the
 conditions under which a step may be one graph. (Capture and replay need a GPU: measured in
 benchmarks/bench_step.py, `*-graph` variants.)"""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from wanlora.recipes import load_recipe
-from wanlora.train.cuda_graph import GraphedStep, why_not_graphed
+from wanlora.train.speed.cuda_graph import GraphedStep, why_not_graphed
 
 
 def _setup(seed=0):
@@ -82,7 +82,7 @@ def test_a_failed_capture_falls_back_to_plain_steps_with_a_warning(caplog):
 
 
 def test_optimizer_groups_switch_between_graphed_and_plain_runs():
-    from wanlora.train.cuda_graph import set_capturable
+    from wanlora.train.speed.cuda_graph import set_capturable
 
     _model, params, optimizer, *_ = _setup()
     cpu = torch.device("cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from cli_run import run_cli
 from wanlora.dataset.lint import check_dataset
 from wanlora.demo import create_demo_project
-from wanlora.train.lora_file import read_lora_file
+from wanlora.lora.file import read_lora_file
 
 
 def test_demo_dataset_is_clean_for_check(tmp_path):

@@ -24,7 +24,7 @@ from wanlora.doctor import (
 from wanlora.models.registry import MODEL_FILES
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project, load_recipe
-from wanlora.train.acceleration import MARGIN_FRACTION, WAN_14B
+from wanlora.train.speed.memory_plan import MARGIN_FRACTION, WAN_14B
 
 GB = 1000**3
 

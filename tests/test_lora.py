@@ -8,18 +8,18 @@ import pytest
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 
-from wanlora.recipes.schema import LoraSettings
-from wanlora.train.lora import (
+from wanlora.lora.file import read_lora_file, save_lora_file
+from wanlora.lora.inject import (
     add_lora,
     load_lora_state_dict,
     lora_layers,
     lora_parameters,
     lora_state_dict,
     lora_target_modules,
-    saved_module_name,
     set_lora_multiplier,
 )
-from wanlora.train.lora_file import read_lora_file, save_lora_file
+from wanlora.lora.keys import saved_module_name
+from wanlora.recipes.schema import LoraSettings
 
 
 def tiny_dit(layers: int = 2) -> WanTransformer3DModel:

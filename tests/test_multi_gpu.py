@@ -18,11 +18,13 @@ from wanlora.dataset.items import load_items
 from wanlora.dataset.order import epoch_batches
 from wanlora.demo import create_demo_project
 from wanlora.errors import WanloraError
+from wanlora.lora.file import read_lora_file
+from wanlora.outputs import lora_path
 from wanlora.recipes import load_project
-from wanlora.train.distributed import DataParallel, Job, plan_jobs
-from wanlora.train.loop import output_path, train_expert
-from wanlora.train.lora_file import read_lora_file
-from wanlora.train.run import run_training
+from wanlora.run.experts import run_expert
+from wanlora.run.jobs import Job, plan_jobs
+from wanlora.run.training import run_training
+from wanlora.train.data_parallel import DataParallel
 from wanlora.train.state import latest_state_dir, read_state_meta
 
 CPU2 = ["cpu", "cpu"]
@@ -123,7 +125,7 @@ def test_expert_parallel_trains_both_experts_at_once(project_dir, caplog):
         (e, s) for e in ("high", "low") for s in range(1, 19)
     }  # the parent saw both workers' progress
     for expert in ("high", "low"):
-        tensors, meta = read_lora_file(output_path(project, expert))
+        tensors, meta = read_lora_file(lora_path(project, expert))
         assert meta["ss_steps"] == "18" and meta["wanlora.expert"] == expert
         assert torch.count_nonzero(tensors["lora_unet_blocks_0_self_attn_q.lora_up.weight"]) > 0
         assert read_state_meta(latest_state_dir(project.output_dir, expert)).finished
@@ -133,18 +135,18 @@ def test_expert_parallel_trains_both_experts_at_once(project_dir, caplog):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker on this 2-core box
     try:
-        train_expert(load_project(alone), "low", device=torch.device("cpu"))
+        run_expert(load_project(alone), "low", device=torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
-    a, _ = read_lora_file(output_path(project, "low"))
-    b, _ = read_lora_file(output_path(load_project(alone), "low"))
+    a, _ = read_lora_file(lora_path(project, "low"))
+    b, _ = read_lora_file(lora_path(load_project(alone), "low"))
     for key in a:
         torch.testing.assert_close(a[key].float(), b[key].float(), atol=1e-6, rtol=1e-5)
 
 
 def test_workers_sample_at_epoch_ends_like_one_process(project_dir):
+    from wanlora.sampling.epoch_samples import TrainingMonitor
     from wanlora.sampling.report import read_scalars
-    from wanlora.sampling.training import TrainingMonitor
 
     config = project_dir / "wanlora.toml"
     config.write_text(
@@ -180,7 +182,7 @@ def test_data_parallel_equals_one_process_with_n_times_the_accumulation(project_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = train_expert(load_project(single), "high", device=torch.device("cpu"))
+        reference = run_expert(load_project(single), "high", device=torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
     assert reference.steps == 9
@@ -191,8 +193,8 @@ def test_data_parallel_equals_one_process_with_n_times_the_accumulation(project_
     ref_lora, _ = read_lora_file(ref_state / "lora.safetensors")
     for key in ref_lora:
         torch.testing.assert_close(dp_lora[key], ref_lora[key], atol=1e-6, rtol=1e-5)
-    dp_file, dp_meta = read_lora_file(output_path(project, "high"))
-    ref_file, ref_meta = read_lora_file(output_path(load_project(single), "high"))
+    dp_file, dp_meta = read_lora_file(lora_path(project, "high"))
+    ref_file, ref_meta = read_lora_file(lora_path(load_project(single), "high"))
     for key in ref_file:
         torch.testing.assert_close(
             dp_file[key].float(), ref_file[key].float(), atol=1e-6, rtol=1e-5
@@ -232,5 +234,5 @@ def test_a_failing_worker_stops_the_other_with_state_saved(project_dir, monkeypa
     state = latest_state_dir(project.output_dir, "high")
     assert state is not None and not read_state_meta(state).finished
     assert 1 <= read_state_meta(state).step < 90
-    assert not output_path(project, "low").exists()
+    assert not lora_path(project, "low").exists()
     assert latest_state_dir(project.output_dir, "low") is None

@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from cli_run import run_cli
 from test_reliability_kill import make_small_demo
 from wanlora.errors import WanloraError
-from wanlora.train import lock as lock_mod
-from wanlora.train.lock import lock_path, project_lock
+from wanlora.run import lock as lock_mod
+from wanlora.run.lock import lock_path, project_lock
 
 NO_SPACE = re.compile(r"no space left on (\S+) \(\d+\.\d GB free\): free \d+ GB and run again")
 
@@ -158,7 +158,7 @@ def test_a_real_write_failure_from_safetensors_and_torch_save_is_recognised(tmp_
         import resource, signal, torch
         from pathlib import Path
         from wanlora.errors import WanloraError
-        from wanlora.train.lora_file import save_lora_file
+        from wanlora.lora.file import save_lora_file
         from wanlora.train.state import TrainState, save_state
         out = Path({str(tmp_path)!r})
         save_lora_file(out / "lora.safetensors", {{"a": torch.ones(10)}}, {{}})  # the previous
@@ -263,7 +263,7 @@ def test_training_refuses_an_entry_that_goes_bad_after_caching(trained, tmp_path
 
 HOLDER = """
 import sys, time
-from wanlora.train.lock import project_lock
+from wanlora.run.lock import project_lock
 with project_lock(sys.argv[1], "train"):
     print("locked", flush=True)
     time.sleep(120)

@@ -20,7 +20,7 @@ import torch
 
 from test_reliability_zygote import Zygote
 from wanlora.demo import create_demo_project
-from wanlora.train.lora_file import read_lora_file
+from wanlora.lora.file import read_lora_file
 
 IMAGES = 6  # 6 steps per expert per epoch
 SEED = int(os.environ.get("WANLORA_FAULT_SEED", "20251125"))

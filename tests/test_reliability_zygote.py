@@ -22,7 +22,7 @@ ZYGOTE = r"""
 import json, os, signal, sys, time
 import torch, diffusers, transformers, safetensors  # the slow imports, once
 from wanlora.cli import main
-import wanlora.cache.build, wanlora.train.run, wanlora.models, wanlora.export.musubi  # noqa
+import wanlora.cache.build, wanlora.run.training, wanlora.models, wanlora.export.musubi  # noqa
 
 for line in sys.stdin:
     job = json.loads(line)

@@ -20,11 +20,11 @@ PROMPTS = ["flat demo shapes, a red circle on a blue background", "a green squar
 
 def write_lora(project, expert: str, seed: int) -> None:
     """A LoRA file for `expert` with random (non-zero) weights, as training would save it."""
+    from wanlora.lora.file import save_lora_file
+    from wanlora.lora.inject import add_lora, lora_parameters, lora_state_dict
     from wanlora.models import load_dit
+    from wanlora.outputs import lora_path
     from wanlora.sampling.sample import dit_path
-    from wanlora.train.loop import output_path
-    from wanlora.train.lora import add_lora, lora_parameters, lora_state_dict
-    from wanlora.train.lora_file import save_lora_file
 
     model, _ = load_dit(dit_path(project, expert), dtype=torch.float32)
     add_lora(model, project.config.lora)
@@ -33,7 +33,7 @@ def write_lora(project, expert: str, seed: int) -> None:
         for param in lora_parameters(model):
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
     tensors = lora_state_dict(model, project.config.lora.network_alpha)
-    save_lora_file(output_path(project, expert), tensors, {"modelspec.title": expert})
+    save_lora_file(lora_path(project, expert), tensors, {"modelspec.title": expert})
 
 
 @pytest.fixture(scope="module")
@@ -126,16 +126,16 @@ def test_missing_lora_is_a_clear_error(tmp_path):
 
 def test_training_monitor_samples_the_expert_being_trained(project):
     from wanlora.models import load_dit
+    from wanlora.outputs import lora_path
+    from wanlora.sampling.epoch_samples import TrainingMonitor
     from wanlora.sampling.report import read_scalars
     from wanlora.sampling.sample import attach_lora, dit_path
-    from wanlora.sampling.training import TrainingMonitor
-    from wanlora.train.loop import output_path
 
     project.config.sample.every_n_epochs = 2
     project.config.sample.steps = 3
     try:
         model, _ = load_dit(dit_path(project, "low"), dtype=torch.float16)
-        attach_lora(model, output_path(project, "low"))
+        attach_lora(model, lora_path(project, "low"))
         model.train()
         monitor = TrainingMonitor(project, CPU)
         monitor("low", 1, model)  # not due: memory numbers only

@@ -11,18 +11,15 @@ from safetensors.torch import load_file, save_file
 
 from wanlora.demo import create_demo_project
 from wanlora.errors import WanloraError
+from wanlora.lora.file import read_lora_file
+from wanlora.lora.inject import add_lora
+from wanlora.models.text_encoder import pad_context
+from wanlora.outputs import lora_path
 from wanlora.recipes import load_project
-from wanlora.train.loop import (
-    StopTraining,
-    _training_step,
-    output_path,
-    pad_context,
-    train_expert,
-    train_project,
-)
-from wanlora.train.lora import add_lora
-from wanlora.train.lora_file import read_lora_file
+from wanlora.run.experts import run_expert, train_project
+from wanlora.train.callbacks import StopTraining
 from wanlora.train.state import latest_state_dir, read_state_meta
+from wanlora.train.step import training_step
 from wanlora.train.timesteps import dit_timestep, noisy_and_target, sample_timesteps
 
 CPU = torch.device("cpu")
@@ -77,19 +74,19 @@ def test_trains_both_experts_with_the_recipe_names_and_metadata(project_dir):
     assert any((project_dir / "output" / "logs" / "high").iterdir())  # tensorboard events
 
     # a second run finds both done and leaves the files alone
-    mtime = output_path(project, "high").stat().st_mtime_ns
+    mtime = lora_path(project, "high").stat().st_mtime_ns
     again = train_project(project, device=CPU)
     assert all(r.skipped for r in again)
-    assert output_path(project, "high").stat().st_mtime_ns == mtime
+    assert lora_path(project, "high").stat().st_mtime_ns == mtime
 
 
 def test_existing_output_is_not_overwritten(project_dir):
     project = load_project(project_dir)
-    out = output_path(project, "low")
+    out = lora_path(project, "low")
     out.parent.mkdir(parents=True)
     out.write_bytes(b"user file")
     with pytest.raises(WanloraError, match="already exists.*--overwrite"):
-        train_expert(project, "low", device=CPU)
+        run_expert(project, "low", device=CPU)
     assert out.read_bytes() == b"user file"
 
 
@@ -105,7 +102,7 @@ def test_resume_after_interruption_gives_the_same_lora(project_dir, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(project_dir, other)
 
-    uninterrupted = train_expert(load_project(project_dir), "high", device=CPU)
+    uninterrupted = run_expert(load_project(project_dir), "high", device=CPU)
     assert uninterrupted.steps == 36
 
     def stop_at_23(report):
@@ -113,9 +110,9 @@ def test_resume_after_interruption_gives_the_same_lora(project_dir, tmp_path):
             raise StopTraining
 
     with pytest.raises(StopTraining):
-        train_expert(load_project(other), "high", device=CPU, on_step=stop_at_23)
+        run_expert(load_project(other), "high", device=CPU, on_step=stop_at_23)
     assert read_state_meta(latest_state_dir(other / "output", "high")).step == 23
-    resumed = train_expert(load_project(other), "high", device=CPU)
+    resumed = run_expert(load_project(other), "high", device=CPU)
     assert resumed.steps == 36
     a, _ = read_lora_file(uninterrupted.lora_path)
     b, _ = read_lora_file(resumed.lora_path)
@@ -132,12 +129,12 @@ def test_resume_refuses_a_changed_dataset(project_dir):
             raise StopTraining
 
     with pytest.raises(StopTraining):
-        train_expert(project, "high", device=CPU, on_step=stop)
+        run_expert(project, "high", device=CPU, on_step=stop)
     caption = project_dir / "dataset" / "demo_00.txt"
     caption.write_text(caption.read_text() + " Changed.")
     with pytest.raises(WanloraError, match="dataset changed.*--restart"):
-        train_expert(load_project(project_dir), "high", device=CPU)
-    result = train_expert(load_project(project_dir), "high", device=CPU, restart=True)
+        run_expert(load_project(project_dir), "high", device=CPU)
+    result = run_expert(load_project(project_dir), "high", device=CPU, restart=True)
     assert result.steps == 18
 
 
@@ -149,9 +146,9 @@ def test_ctrl_c_saves_state(project_dir):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_expert(project, "low", device=CPU, on_step=interrupt)
+        run_expert(project, "low", device=CPU, on_step=interrupt)
     assert read_state_meta(latest_state_dir(project.output_dir, "low")).step == 4
-    assert not output_path(project, "low").exists()
+    assert not lora_path(project, "low").exists()
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_no_bad_output(project_dir):
@@ -162,8 +159,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_no_bad_output(project_dir):
     tensors[key][0, 0] = float("nan")
     save_file(tensors, str(path))
     with pytest.raises(WanloraError, match=r"loss became nan at step 1 .*resume"):
-        train_expert(load_project(project_dir), "high", device=CPU)
-    assert not output_path(load_project(project_dir), "high").exists()
+        run_expert(load_project(project_dir), "high", device=CPU)
+    assert not lora_path(load_project(project_dir), "high").exists()
 
 
 def test_one_step_is_the_reference_loss(project_dir):
@@ -178,7 +175,7 @@ def test_one_step_is_the_reference_loss(project_dir):
     model, _ = load_dit(project_dir / expert.dit, dtype=torch.float32)
     add_lora(model, config.lora)  # zero-initialised up: the output is the base model's
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss = _training_step(
+    loss = training_step(
         model,
         samples,
         [3],
@@ -222,7 +219,7 @@ def test_steps_follow_dataset_size_and_repeats(project_dir):
         raise StopTraining
 
     with pytest.raises(StopTraining):
-        train_expert(load_project(project_dir), "low", device=CPU, on_step=stop)
+        run_expert(load_project(project_dir), "low", device=CPU, on_step=stop)
     assert reports[0].total_steps == 36  # 18 images x 2 repeats
 
 
@@ -236,4 +233,4 @@ def test_out_of_memory_is_one_line_with_what_to_do(project_dir):
         r"allocate 2\.00 GiB\) -- close other programs that use "
         r"the GPU \(`nvidia-smi` lists them\), or pass --max-vram N",
     ):
-        train_expert(load_project(project_dir), "high", device=CPU, on_step=oom)
+        run_expert(load_project(project_dir), "high", device=CPU, on_step=oom)

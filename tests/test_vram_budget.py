@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from wanlora.errors import WanloraError
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project, load_recipe
-from wanlora.train.acceleration import (
+from wanlora.train.speed.checkpointing import spread
+from wanlora.train.speed.memory_plan import (
     MARGIN_FRACTION,
     WAN_14B,
     DitShape,
@@ -21,7 +22,6 @@ from wanlora.train.acceleration import (
     min_budget_bytes,
     plan_speed,
     predict_peak_bytes,
-    spread,
     usable_bytes,
 )
 
@@ -201,7 +201,7 @@ def test_cli_option_reaches_the_training_config(project, monkeypatch):
         seen["max_vram_gb"] = p.config.training.max_vram_gb
         return []
 
-    monkeypatch.setattr("wanlora.train.run.run_training", fake_run_training)
+    monkeypatch.setattr("wanlora.run.training.run_training", fake_run_training)
     runner = CliRunner()
     result = runner.invoke(app, ["train", str(project.root), "--max-vram", "24"])
     assert result.exit_code == 0, result.output
@@ -212,12 +212,12 @@ def test_cli_option_reaches_the_training_config(project, monkeypatch):
 
 
 def test_an_explicit_budget_the_smallest_plan_misses_stops_training():
-    from wanlora.train.loop import _check_plan_fits
+    from wanlora.train.setup import check_plan_fits
 
-    _check_plan_fits(plan_at(24), 24, "high")  # fits: nothing happens
+    check_plan_fits(plan_at(24), 24, "high")  # fits: nothing happens
     with pytest.raises(WanloraError, match=r"needs about 19\.\d GiB"):
-        _check_plan_fits(plan_at(16), 16, "high")
-    _check_plan_fits(plan_at(16), None, "high")  # free memory only: a warning
+        check_plan_fits(plan_at(16), 16, "high")
+    check_plan_fits(plan_at(16), None, "high")  # free memory only: a warning
 
 
 def test_recipe_hash_ignores_the_budget():

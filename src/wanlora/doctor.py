@@ -9,7 +9,7 @@ Rules, stated once here:
   approximate size (smaller means an interrupted or damaged download); a tokenizer folder
   must hold each of its files; a path that is not a registry id only has to exist.
 - GPU memory: `estimate_vram_bytes` (the smallest speed plan's predicted peak plus the
-  planner's margin; the memory model is wanlora.train.acceleration's, the one training uses)
+  planner's margin; the memory model is wanlora.train.speed.memory_plan's, the one training uses)
   against the GPU's free memory: below it FAIL, below ESTIMATE_HEADROOM x it warn.
 - Speed plan: the plan `wanlora train` will make (`plan_speed`: storage, recomputed blocks,
   compile, predicted peak; CUDA-graphed steps or why not, for one process) for
@@ -107,7 +107,7 @@ def dit_params(path: Path, size: int) -> float:
 def dit_shape(path: Path, size: int):
     """The DiT's shape for the memory model: from the file's header, else (not downloaded,
     or not readable) the 14B shape scaled to the parameter count `dit_params` gives."""
-    from .train.acceleration import WAN_14B, DitShape
+    from .train.speed.memory_plan import WAN_14B, DitShape
 
     if path.is_file():
         try:
@@ -136,10 +136,10 @@ def _dtype(config: RecipeConfig):
 
 
 def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str = "cuda"):
-    """The SpeedPlan `wanlora train` makes for this config (acceleration.plan_speed)."""
+    """The SpeedPlan `wanlora train` makes for this config (speed.memory_plan.plan_speed)."""
     import torch
 
-    from .train.acceleration import plan_speed, tokens_for_resolution
+    from .train.speed.memory_plan import plan_speed, tokens_for_resolution
 
     tokens = tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size
     return plan_speed(
@@ -155,10 +155,10 @@ def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str
 
 
 def graph_text(config: RecipeConfig, plan) -> str:
-    """Whether training steps will replay as CUDA graphs (train/cuda_graph.py), one process."""
+    """Whether training steps will replay as CUDA graphs (train/speed/cuda_graph.py), one process."""
     import torch
 
-    from .train.cuda_graph import why_not_graphed
+    from .train.speed.cuda_graph import why_not_graphed
 
     reason = why_not_graphed(
         config.training,
@@ -172,7 +172,7 @@ def graph_text(config: RecipeConfig, plan) -> str:
 
 def _smallest_need(config: RecipeConfig, shape) -> int:
     """GPU memory the smallest allowed plan needs: its predicted peak plus the margin."""
-    from .train.acceleration import min_budget_bytes
+    from .train.speed.memory_plan import min_budget_bytes
 
     unbudgeted = config.model_copy(deep=True)
     unbudgeted.training.max_vram_gb = None
@@ -196,7 +196,7 @@ def _check_plan(report: DoctorReport, config: RecipeConfig, shape, dit_bytes: in
     """One row: the speed plan training will use, and whether it fits its memory budget."""
     import torch
 
-    from .train.acceleration import GiB, min_budget_bytes
+    from .train.speed.memory_plan import GiB, min_budget_bytes
 
     budget = config.training.max_vram_gb
     cuda = torch.cuda.is_available()
@@ -407,7 +407,7 @@ def _check_devices(report: DoctorReport, project: Project) -> None:
     import torch
 
     if torch.cuda.device_count() > 1:
-        from .train.distributed import visible_devices
+        from .run.jobs import visible_devices
 
         experts = list(project.config.experts)
         report.add("Devices", "ok", devices_text(experts, visible_devices()))
@@ -415,7 +415,7 @@ def _check_devices(report: DoctorReport, project: Project) -> None:
 
 def devices_text(experts: list[str], devices: list[str]) -> str:
     """What `wanlora train` does with these devices by default (docs/multi_gpu.md)."""
-    from .train.distributed import plan_jobs
+    from .run.jobs import plan_jobs
 
     waves = plan_jobs(experts, devices)
     if waves is None:  # one process on the first device

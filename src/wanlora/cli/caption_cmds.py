@@ -15,7 +15,7 @@ from rich.table import Table
 from ..captioning import caption_dataset, caption_prompt, review_pairs
 from ..captioning.openai_backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAIBackend
 from ..recipes import PROJECT_FILE
-from ..train.lock import project_lock
+from ..run.lock import project_lock
 from .app import app, console, err_console
 
 

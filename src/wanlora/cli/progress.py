@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..train.loop import StepReport
+from ..train.callbacks import StepReport
 
 
 class TrainingProgress:

@@ -108,7 +108,7 @@ def sampling_during_training(project, device=None):
     import torch
 
     from ..cache.build import default_device
-    from ..sampling.training import TrainingMonitor
+    from ..sampling.epoch_samples import TrainingMonitor
 
     monitor = TrainingMonitor(project, torch.device(device) if device else default_device())
     try:

@@ -25,7 +25,7 @@ def cache(
 ) -> None:
     """Compute (or reuse) latents and text embeddings for every image and caption."""
     from ..cache.build import build_cache
-    from ..train.lock import project_lock, remove_leftovers
+    from ..run.lock import project_lock, remove_leftovers
 
     project = load_project(directory)
     with project_lock(project.root, "cache"):
@@ -105,7 +105,7 @@ def apply_max_vram(project, max_vram: float | None) -> None:
 
 
 def _train_with_progress(project, **kwargs):
-    from ..train.run import run_training
+    from ..run.training import run_training
     from .progress import TrainingProgress
     from .sample_cmds import sampling_during_training
 
@@ -129,7 +129,7 @@ def demo(
     import torch
 
     from ..demo import create_demo_project
-    from ..train.run import describe_lora
+    from ..run.training import describe_lora
 
     project = create_demo_project(directory, epochs=epochs)
     console.print(f"[green]demo project[/] {project.root} (tiny models, 18 generated images)")

@@ -7,6 +7,9 @@ per layer), so the tiny test encoder takes the same path.
 
 `TextEncoder.encode` reproduces the reference's text pipeline: clean, tokenize to 512 with
 EOS, encode with the attention mask, trim each output to its real token count.
+
+The DiT's side of the same contract: it reads every caption embedding zero-padded to
+TEXT_LEN rows (`pad_context`), in training and in sampling alike.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from wanlora.errors import WanloraError
 from wanlora.models.assign import assign_parameter, build_on_meta, check_fully_loaded
 from wanlora.models.files import load_torch_state_dict, require_kind
 
-TEXT_LENGTH = 512
+TEXT_LENGTH = 512  # tokens per prompt (the tokenizer pads and truncates to this)
+TEXT_LEN = TEXT_LENGTH  # the DiT's text length: every context is zero-padded to this many rows
 # umT5 relative-position settings (fixed by the architecture, not stored as tensors).
 RELATIVE_MAX_DISTANCE = 128
 
@@ -160,6 +164,13 @@ def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
             f"{folder} is not a usable tokenizer folder: {exc}",
             "download google/umt5-xxl's spiece.model and tokenizer_config.json into it",
         ) from None
+
+
+def pad_context(context: torch.Tensor, length: int = TEXT_LEN) -> torch.Tensor:
+    """(L, D) -> (length, D), zeros below the real tokens, as the reference's DiT does."""
+    padded = context.new_zeros((length, context.shape[1]))
+    padded[: min(length, context.shape[0])] = context[:length]
+    return padded
 
 
 class TextEncoder:

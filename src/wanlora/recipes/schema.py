@@ -109,7 +109,7 @@ class TrainingSettings(StrictModel):
     )
     max_data_loader_n_workers: int = Field(2, ge=0)
     save_state_every_n_steps: int = Field(100, ge=1, description="resume points (ours)")
-    # --- speed (ours; wanlora.train.acceleration). The defaults keep the recipe's numerics.
+    # --- speed (ours; wanlora.train.speed). The defaults keep the recipe's numerics.
     speed: Literal["exact", "fast"] = Field(
         "exact",
         description="exact: the reference's numerics (fp8-valued weights, fp16/bf16 compute); "

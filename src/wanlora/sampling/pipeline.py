@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers import UniPCMultistepScheduler, WanPipeline
 from PIL import Image
 from torch import nn
 
-from ..train.loop import TEXT_LEN, pad_context
-from ..train.precision import autocast
+from ..models.precision import autocast
+from ..models.text_encoder import TEXT_LEN, pad_context
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ DEFAULT_RESERVE_BYTES = 6 * GIB
 
 def flow_scheduler(shift: float, num_train_timesteps: int = 1000):
     """UniPC (bh2) on flow-matching sigmas with the given shift, as Wan's own sampler."""
-    from diffusers import UniPCMultistepScheduler
-
     return UniPCMultistepScheduler(
         prediction_type="flow_prediction",
         use_flow_sigmas=True,
@@ -187,8 +186,6 @@ def render(
     one expert (Wan 2.1) means no boundary. The experts keep their own LoRAs and multipliers.
     The models are left in eval mode wherever the residency put them.
     """
-    from diffusers import WanPipeline
-
     if len(spec.contexts) != len(spec.seeds):
         raise ValueError("one seed per context")
     names = list(experts)

@@ -428,13 +428,13 @@ def _duration(seconds: float) -> str:
 
 
 def performance_section(project: Project, logs: dict[str, dict[str, Series]]) -> str:
-    from ..train.loop import output_path
+    from ..outputs import lora_path
 
     rows = []
     for expert in project.config.experts:
         tags = logs.get(expert, {})
         loss = tags.get("loss")
-        lora = output_path(project, expert)
+        lora = lora_path(project, expert)
         cells = [expert]
         sample_time = tags.get("perf/sample_seconds")
         if loss and loss.steps:

@@ -24,10 +24,20 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from ..cache.build import default_device
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
+from ..lora.file import lora_file_settings, read_lora_file
+from ..lora.inject import add_lora, load_lora_state_dict, set_lora_multiplier
+from ..models.dit import infer_dit_info, load_dit
+from ..models.files import read_safetensors_header
+from ..models.precision import MIXED_PRECISION_DTYPES
+from ..models.registry import resolve_model_path
+from ..models.text_encoder import load_text_encoder, load_tokenizer
+from ..models.vae import load_vae
+from ..outputs import OutputLayout
 from ..recipes import Project
-from ..recipes.schema import LoraSettings, RecipeConfig
+from ..recipes.schema import RecipeConfig
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, RenderSpec, needs_offload, render
 
 log = logging.getLogger(__name__)
@@ -52,8 +62,6 @@ def ordered_experts(config: RecipeConfig) -> list[str]:
 
 
 def _path(project: Project, value: str, what: str) -> Path:
-    from ..models.registry import resolve_model_path
-
     path = resolve_model_path(value, project.models_dir, project.root)
     if not path.exists():
         raise WanloraError(
@@ -74,8 +82,6 @@ def encode_prompts(
 
     The encoder is loaded on `device`, used one prompt at a time and freed before returning.
     """
-    from ..models import load_text_encoder, load_tokenizer
-
     m = project.config.models
     encoder_path = _path(project, m.text_encoder, "text encoder")
     tokenizer_path = _path(project, m.tokenizer, "tokenizer")
@@ -91,8 +97,6 @@ def encode_prompts(
 
 
 def load_vae_for(project: Project, device: torch.device):
-    from ..models import load_vae
-
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dtype = torch.float32 if device.type == "cpu" else dtypes[project.config.models.vae_dtype]
     return load_vae(_path(project, project.config.models.vae, "VAE"), dtype=dtype, device=device)
@@ -100,9 +104,6 @@ def load_vae_for(project: Project, device: torch.device):
 
 def inference_dtype(project: Project, path: Path, device: torch.device) -> torch.dtype:
     """The DiT's compute dtype: float32 on the CPU, else the file's (fp16/bf16) or the recipe's."""
-    from ..models.dit import infer_dit_info
-    from ..train.precision import MIXED_PRECISION_DTYPES
-
     if device.type == "cpu":
         return torch.float32
     info = infer_dit_info(path)
@@ -114,8 +115,6 @@ def inference_dtype(project: Project, path: Path, device: torch.device) -> torch
 
 def estimated_bytes(path: Path, dtype: torch.dtype) -> int:
     """The size of a DiT loaded in `dtype`, from its header (no weights read)."""
-    from ..models.files import read_safetensors_header
-
     element = torch.empty((), dtype=dtype).element_size()
     total = 0
     for tensor_dtype, shape in read_safetensors_header(path).values():
@@ -126,22 +125,8 @@ def estimated_bytes(path: Path, dtype: torch.dtype) -> int:
     return total
 
 
-def lora_file_settings(tensors: dict[str, torch.Tensor]) -> LoraSettings:
-    """Rank and alpha of a saved LoRA, read off its tensors."""
-    downs = sorted(k for k in tensors if k.endswith(".lora_down.weight"))
-    if not downs:
-        raise ValueError("no .lora_down.weight tensors")
-    rank = tensors[downs[0]].shape[0]
-    alpha_key = downs[0].removesuffix(".lora_down.weight") + ".alpha"
-    alpha = float(tensors[alpha_key]) if alpha_key in tensors else float(rank)
-    return LoraSettings(network_dim=rank, network_alpha=alpha)
-
-
 def attach_lora(model: torch.nn.Module, path: Path, strength: float = 1.0) -> None:
     """Put a saved LoRA file on a DiT (frozen), scaled by `strength`."""
-    from ..train.lora import add_lora, load_lora_state_dict, set_lora_multiplier
-    from ..train.lora_file import read_lora_file
-
     try:
         tensors, _metadata = read_lora_file(path)
         add_lora(model, lora_file_settings(tensors))
@@ -278,10 +263,6 @@ def sample_project(
     and its file need not exist). offload: None decides from free VRAM whether the two
     experts can both stay on the GPU; True forces the one-at-a-time path.
     """
-    from ..cache.build import default_device
-    from ..models import load_dit
-    from ..train.loop import output_path
-
     config = project.config
     s = config.sample
     if not prompts:
@@ -302,7 +283,8 @@ def sample_project(
     unknown = set(strengths) - set(names)
     if unknown:
         raise WanloraError(f"no expert named {sorted(unknown)}", f"experts: {', '.join(names)}")
-    lora_paths = {name: output_path(project, name) for name in names}
+    layout = OutputLayout.of(project)
+    lora_paths = {name: layout.lora(name) for name in names}
     for name in names:
         if strengths[name] != 0 and not lora_paths[name].exists():
             raise WanloraError(
@@ -346,7 +328,7 @@ def sample_project(
         boundary=config.boundary if len(names) == 2 else None,
         batch_size=batch_size,
     )
-    out_dir = out_dir or project.output_dir / "samples"
+    out_dir = out_dir or layout.samples_dir
     tag = strength_tag(strengths)
     result = SampleResult(images=[], offloaded=offload)
     common = {
@@ -362,8 +344,6 @@ def sample_project(
         info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": strengths}
         result.images.append(save_png(image, out_dir, f"p{i:02d}_seed{seed}_{tag}", info | common))
     if compare:
-        from ..train.lora import set_lora_multiplier
-
         for module in experts.values():
             set_lora_multiplier(module, 0.0)
         base_images = render(experts, vae, spec, device=device, dtype=dtype, offload=offload)

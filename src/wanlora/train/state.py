@@ -3,6 +3,11 @@
 A state is written into a hidden temporary folder and renamed into place only once complete,
 so a kill during a write leaves the previous state as the newest one. The two newest states
 are kept.
+
+Where a run starts (`start_point`: fresh, resumed, or already done) is decided from these
+folders and the LoRA file before any heavy work; the run layer asks, then hands the state
+folder to train_expert, which loads it (`load_state`) and checks it is this run's
+(`check_resume`: same dataset, same training settings).
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import torch
 from .. import faults
 from ..errors import WanloraError
 from ..fsutil import disk_full_error, is_disk_full
+from ..lora.file import read_lora_file, save_lora_file
+from ..outputs import OutputLayout
 from ..recipes.schema import RecipeConfig
-from .lora_file import read_lora_file, save_lora_file
 
 KEEP_STATES = 2
 _STATE_PREFIX = "step-"
@@ -40,6 +46,17 @@ class TrainState:
     recipe_hash: str
 
 
+@dataclass
+class TrainingParts:
+    """The in-memory side of a run: what a step changes and a resume state saves."""
+
+    model: torch.nn.Module  # carries the LoRA (its weights are the state's lora.safetensors)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # noise and timesteps
+
+
 def recipe_hash(config: RecipeConfig, expert: str) -> str:
     """Hash of everything that changes what this expert's training computes."""
     data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
@@ -53,7 +70,7 @@ def recipe_hash(config: RecipeConfig, expert: str) -> str:
 
 
 def state_root(output_dir: Path, expert: str) -> Path:
-    return output_dir / "state" / expert
+    return OutputLayout(output_dir, {}).state_dir(expert)
 
 
 def latest_state_dir(output_dir: Path, expert: str) -> Path | None:
@@ -66,6 +83,47 @@ def latest_state_dir(output_dir: Path, expert: str) -> Path | None:
         if p.name.startswith(_STATE_PREFIX) and (p / "meta.json").is_file()
     )
     return complete[-1] if complete else None
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where an expert's run starts: a state folder to resume from (None: from scratch), or
+    nothing to do (`done_steps`: the steps of the finished run whose LoRA is there)."""
+
+    state_dir: Path | None
+    done_steps: int | None = None
+
+
+def start_point(
+    output_dir: Path, expert: str, lora_file: Path, *, overwrite: bool, restart: bool
+) -> StartPoint:
+    """Resume, fresh start or done, from the states and the LoRA file alone (no heavy work)."""
+    state_dir = None if restart else latest_state_dir(output_dir, expert)
+    if state_dir is not None and read_state_meta(state_dir).finished:
+        if lora_file.exists() and not overwrite:
+            return StartPoint(state_dir, done_steps=read_state_meta(state_dir).step)
+        if overwrite:  # a finished run asked to be redone: start from scratch
+            state_dir = None
+    if state_dir is None and lora_file.exists() and not overwrite:
+        raise WanloraError(
+            f"{lora_file} already exists",
+            "pass --overwrite to replace it, or change project.name in wanlora.toml",
+        )
+    return StartPoint(state_dir)
+
+
+def check_resume(state: TrainState, data_hash: str, r_hash: str, state_dir: Path) -> None:
+    """A resume state belongs to this run: same dataset, same training settings."""
+    if state.dataset_hash != data_hash:
+        raise WanloraError(
+            f"{state_dir}: the dataset changed since this run started (images, captions or buckets)",
+            "restore the dataset to resume, or pass --restart to train from scratch",
+        )
+    if state.recipe_hash != r_hash:
+        raise WanloraError(
+            f"{state_dir}: the training settings changed since this run started",
+            "undo the wanlora.toml change to resume, or pass --restart to train from scratch",
+        )
 
 
 def save_state(

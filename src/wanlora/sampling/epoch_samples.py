@@ -1,8 +1,9 @@
 """Samples during training, and the timing/memory numbers the report shows.
 
-`TrainingMonitor` is an `on_epoch_end(expert, epochs_done, model)` callback for
-wanlora.train. Every epoch it records peak memory to tensorboard (output/logs/<expert>:
-perf/peak_vram_gib, perf/peak_rss_gib). Every `[sample] every_n_epochs` epochs it renders
+`TrainingMonitor` is an `on_epoch_end(expert, epochs_done, model)` callback: the run layer
+(wanlora.run) builds it and hands it to the training loop, which never imports sampling.
+Every epoch it records peak memory to tensorboard (output/logs/<expert>: perf/peak_vram_gib,
+perf/peak_rss_gib). Every `[sample] every_n_epochs` epochs it renders
 the `[sample]` prompts: the expert being trained runs with its LoRA as it is now, the other
 phase of the boundary with the other expert's BASE model (loaded once, kept on the CPU
 between samples). Images go to output/samples/ (train_<expert>_e<epoch>_p<i>_seed<s>.png)
@@ -21,6 +22,10 @@ import numpy as np
 import torch
 
 from ..device_memory import free_device_memory
+from ..lora.inject import set_lora_multiplier
+from ..models.dit import infer_dit_info, load_dit
+from ..models.precision import compute_dtype
+from ..outputs import OutputLayout
 from ..recipes import Project
 from .pipeline import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -58,7 +63,8 @@ class TrainingMonitor:
         self.project = project
         self.device = torch.device(device)
         self.offload = offload
-        self.log_dir = log_dir or project.output_dir / "logs"
+        self.layout = OutputLayout.of(project)
+        self.log_dir = log_dir or self.layout.logs_root
         sample = project.config.sample
         self.prompts = list(sample.prompts)
         self.every = sample.every_n_epochs
@@ -100,8 +106,6 @@ class TrainingMonitor:
 
     def sample(self, expert: str, epochs_done: int, model: torch.nn.Module) -> list[Path]:
         """Render the [sample] prompts with `model` (carrying its LoRA) for `expert`'s phase."""
-        from ..train.lora import set_lora_multiplier
-
         config = self.project.config
         s = config.sample
         self._encode()
@@ -161,7 +165,7 @@ class TrainingMonitor:
                 "size": [s.width, s.height],
             }
             stem = f"train_{expert}_e{epochs_done:04d}_p{i:02d}_seed{s.seed}"
-            paths.append(save_png(image, self.project.output_dir / "samples", stem, info))
+            paths.append(save_png(image, self.layout.samples_dir, stem, info))
             if writer is not None:
                 writer.add_image(
                     f"samples/p{i:02d}", np.asarray(image), epochs_done, dataformats="HWC"
@@ -182,17 +186,12 @@ class TrainingMonitor:
 
     def _compute_dtype(self, expert: str) -> torch.dtype:
         """The dtype training computes in for `expert` (the file's, as the loop decides)."""
-        from ..models.dit import infer_dit_info
-        from ..train.precision import compute_dtype
-
         path = dit_path(self.project, expert)
         mixed = self.project.config.training.mixed_precision
         return compute_dtype(mixed, infer_dit_info(path).file_dtype, path)
 
     def _base_model(self, name: str, dtype: torch.dtype) -> torch.nn.Module:
         """The other expert's base DiT, loaded as training loads it, kept on the CPU."""
-        from ..models import load_dit
-
         if name not in self._base:
             self._base.clear()  # at most one other expert is ever needed at a time
             self._base[name], _info = load_dit(
@@ -207,7 +206,7 @@ class TrainingMonitor:
 
     def _writer(self, expert: str):
         if expert not in self._writers:
-            try:
+            try:  # tensorboard is an optional dependency: imported only when a writer is made
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is optional
                 self._writers[expert] = None

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from .. import __version__
 from ..fsutil import atomic_path
-from ..recipes.schema import RecipeConfig
+from ..recipes.schema import LoraSettings, RecipeConfig
+from .keys import ALPHA, DOWN, down_keys
 
 ARCHITECTURES = {"t2v-A14B": "wan2.2_t2v_a14b", "t2v-14B": "wan2.1_t2v_14b"}
 
@@ -110,3 +111,14 @@ def save_lora_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[
 def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with safe_open(str(path), framework="pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+
+
+def lora_file_settings(tensors: dict[str, torch.Tensor]) -> LoraSettings:
+    """Rank and alpha of a saved LoRA, read off its tensors."""
+    downs = down_keys(tensors)
+    if not downs:
+        raise ValueError(f"no {DOWN} tensors")
+    rank = tensors[downs[0]].shape[0]
+    alpha_key = downs[0].removesuffix(DOWN) + ALPHA
+    alpha = float(tensors[alpha_key]) if alpha_key in tensors else float(rank)
+    return LoraSettings(network_dim=rank, network_alpha=alpha)

@@ -1,0 +1,85 @@
+"""The callbacks the run layer builds and passes into the training loop.
+
+The loop (wanlora.train.loop) reports steps and epoch ends and knows nothing of who
+listens; here are the listeners a run attaches besides the CLI's progress bar:
+
+- LossLog: loss and lr per step into TensorBoard (output/logs/<expert>), by the process
+  that writes the run's files
+- epoch_monitor: a TrainingMonitor (wanlora.sampling.epoch_samples) at epoch ends: memory
+  numbers, the [sample] images
+- StepPrinter: one line per step at most every 10 s, for launches without a terminal UI
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+
+from ..recipes import Project
+from ..sampling.epoch_samples import TrainingMonitor
+from ..train.callbacks import StepReport
+
+
+class LossLog:
+    """on_step: loss and lr at each step into a TensorBoard folder (nothing without
+    tensorboard, an optional dependency)."""
+
+    def __init__(self, log_dir: Path):
+        try:  # optional dependency: imported only when a run logs
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.writer = None
+        else:
+            self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def __call__(self, report: StepReport) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("loss", report.loss, report.step)
+            self.writer.add_scalar("lr", report.lr, report.step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> LossLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def epoch_monitor(project: Project, device: torch.device, on: bool):
+    """The on_epoch_end callback of a worker or launch: a TrainingMonitor when `on`, else
+    None. The other ranks of a data-parallel group wait at the next all_reduce while rank 0
+    samples."""
+    if not on:
+        yield None
+        return
+    monitor = TrainingMonitor(project, device)
+    try:
+        yield monitor
+    finally:
+        monitor.close()
+
+
+class StepPrinter:
+    """on_step: `high 12/1800 loss 0.1234 lr 1.00e-04 0.52 s/step`, at most every `every` s
+    (and always the first and last step)."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+        self._last = 0.0
+
+    def __call__(self, report: StepReport) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every or report.step in (1, report.total_steps):
+            self._last = now
+            print(
+                f"{report.expert} {report.step}/{report.total_steps} loss {report.loss:.4f} "
+                f"lr {report.lr:.2e} {report.seconds:.2f} s/step",
+                flush=True,
+            )

@@ -1,0 +1,96 @@
+"""`wanlora train` as a library call: one training run, assembled.
+
+    run_training
+      project lock (lock.py), leftovers of a killed run removed
+      checks.py: the dataset lints clean, the model files are sound (headers only)
+      jobs.py: one process, or workers for the experts side by side / data-parallel
+        one process:  experts.train_project -> experts.run_expert per expert
+        workers:      workers.run_parallel  -> experts.run_expert in each worker
+    describe_lora: a LoRA file in two lines, for the CLI and the demo
+
+The run layer builds what the engine (wanlora.train) is handed: the prepared data, the
+parallel strategy and the callbacks (progress, loss log, epoch-end samples from
+wanlora.sampling). Training and sampling never import each other; this layer imports both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import WanloraError
+from ..lora.file import read_lora_file
+from ..lora.keys import down_keys
+from ..recipes import Project
+from ..sampling.epoch_samples import TrainingMonitor
+from ..train.callbacks import EpochCallback, ExpertResult, StepCallback
+from .checks import check_dataset_clean, check_model_files
+from .experts import train_project
+from .jobs import plan_jobs
+from .lock import project_lock, remove_leftovers
+from .workers import run_parallel
+
+
+def run_training(
+    project: Project,
+    *,
+    experts: list[str] | None = None,
+    device: torch.device | None = None,
+    overwrite: bool = False,
+    restart: bool = False,
+    on_step: StepCallback | None = None,
+    on_epoch_end: EpochCallback | None = None,
+    devices: list[str] | None = None,
+    parallel_experts: bool | None = None,
+    data_parallel: int = 1,
+) -> list[ExpertResult]:
+    """Refuse a dataset with errors before any model is loaded, then train (holding the
+    project's lock: a second `wanlora train` on it refuses, naming this one's pid).
+
+    Several devices (`devices`, default: every visible GPU unless `device` is given): the
+    experts train side by side and/or data-parallel, in worker processes (workers.py)."""
+    with project_lock(project.root, "train"):
+        remove_leftovers(project.root, project.output_dir, project.cache_dir)
+        check_dataset_clean(project)
+        check_model_files(project, experts, overwrite=overwrite, restart=restart)
+        waves = plan_jobs(
+            experts or list(project.config.experts),
+            devices or ([str(device)] if device is not None else None),
+            data_parallel=data_parallel,
+            parallel_experts=parallel_experts,
+        )
+        if waves is None:
+            return train_project(
+                project,
+                experts,
+                device=device or (torch.device(devices[0]) if devices else None),
+                overwrite=overwrite,
+                restart=restart,
+                on_step=on_step,
+                on_epoch_end=on_epoch_end,
+            )
+        # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
+        # worker runs its own); any other on_epoch_end would be silently skipped
+        monitor = isinstance(on_epoch_end, TrainingMonitor)
+        if on_epoch_end is not None and not monitor:
+            raise WanloraError(
+                "an on_epoch_end callback cannot run in worker processes",
+                "train on one device (devices=[...] with one entry), or leave on_epoch_end out",
+            )
+        return run_parallel(
+            project, waves, overwrite=overwrite, restart=restart, on_step=on_step, monitor=monitor
+        )
+
+
+def describe_lora(path: Path) -> str:
+    """A short human summary of a LoRA file: modules, rank, dtype, title."""
+    tensors, metadata = read_lora_file(path)
+    downs = down_keys(tensors)
+    rank = tensors[downs[0]].shape[0] if downs else 0
+    dtype = str(tensors[downs[0]].dtype).replace("torch.", "") if downs else "?"
+    return (
+        f"  {path}\n"
+        f"    {len(downs)} LoRA modules (rank {rank}, {dtype}), title {metadata.get('modelspec.title')!r}, "
+        f"timesteps {metadata.get('wanlora.timestep_range')}, {metadata.get('ss_steps')} steps"
+    )

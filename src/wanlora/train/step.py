@@ -1,0 +1,156 @@
+"""One training step, in named parts: the draws, the model inputs, the loss, the updates.
+
+    draws          noise ~ N(0, 1), then t from the expert's timestep range (that order)
+    model_inputs   noisy = (1 - t) x + t noise, target = noise - x, text padded to 512 rows
+    prediction_loss  the DiT's prediction under autocast; MSE against the target in float32
+    training_step  forward + scaled backward of one micro-batch (1/accumulation)
+    optimizer_step unscale + clip (if max_grad_norm > 0), scaler step, zero the gradients
+    Stepper        the loop's one object for these: a micro-batch (trained, replayed from a
+                   CUDA graph, or only its draws taken when another rank trains it) and the
+                   optimiser step
+
+Keep "the inputs" and "the loss" apart: image-to-video conditioning (extra latent channels)
+and per-token timesteps change the inputs; a loss mask changes the loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..lora.inject import lora_parameters
+from ..models.precision import autocast
+from ..models.text_encoder import pad_context
+from ..recipes.schema import ExpertSettings, RecipeConfig
+from .speed.cuda_graph import GraphedStep
+from .state import TrainingParts
+from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
+
+Samples = list[tuple[torch.Tensor, torch.Tensor]]  # per item: (latent, text embedding)
+
+
+class StepInputs(NamedTuple):
+    """A micro-batch's tensors on the device (a tuple: a CUDA graph copies them in order)."""
+
+    noisy: torch.Tensor  # (B, C, F, H, W) noisy latents
+    t: torch.Tensor  # (B,) in [0, 1]
+    context: torch.Tensor  # (B, 512, D) padded text embeddings, float32
+    target: torch.Tensor  # (B, C, F, H, W) velocity target, noise - latents
+
+
+def draws(
+    samples: Samples,
+    batch: list[int],
+    config: RecipeConfig,
+    settings: ExpertSettings,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's random draws, in order: noise, then timesteps. Every draw from the
+    generator goes through here: data-parallel ranks replay the draws of the other ranks'
+    batches with it, so that each batch gets the noise it gets in one process."""
+    shape = (len(batch), *samples[batch[0]][0].shape)
+    noise = torch.randn(shape, generator=generator)
+    t = sample_timesteps(
+        len(batch),
+        config.timesteps,
+        settings.min_timestep,
+        settings.max_timestep,
+        generator=generator,
+    )
+    return noise, t
+
+
+def model_inputs(
+    samples: Samples,
+    batch: list[int],
+    config: RecipeConfig,
+    settings: ExpertSettings,
+    generator: torch.Generator,
+    device: torch.device,
+) -> StepInputs:
+    """A micro-batch's DiT inputs on the device: noisy latents, t, padded text, target."""
+    latents = torch.stack([samples[i][0] for i in batch]).float()
+    context = torch.stack([pad_context(samples[i][1]) for i in batch]).float()
+    noise, t = draws(samples, batch, config, settings, generator)
+    noisy, target = noisy_and_target(latents, noise, t)
+    return StepInputs(noisy.to(device), t.to(device), context.to(device), target.to(device))
+
+
+def prediction_loss(model, noisy, t, context, target, dtype, cache_enabled=True) -> torch.Tensor:
+    """The DiT's velocity prediction for the noisy latents, and its MSE loss in float32."""
+    with autocast(noisy.device, dtype, cache_enabled=cache_enabled):
+        # the context goes in as float32 so the time embedding (run in float32) keeps its
+        # dtype; the text projection's linears still run in the compute dtype under autocast
+        prediction = model(
+            hidden_states=noisy.to(dtype),
+            timestep=dit_timestep(t),
+            encoder_hidden_states=context,
+            return_dict=False,
+        )[0]
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def training_step(
+    model, samples, batch, config, settings, generator, device, dtype, scaler
+) -> float:
+    """Forward + backward for one micro-batch; returns the loss value."""
+    inputs = model_inputs(samples, batch, config, settings, generator, device)
+    loss = prediction_loss(model, *inputs, dtype)
+    scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
+    scaled.backward()
+    return loss.item()
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[torch.nn.Parameter],
+    max_grad_norm: float,
+) -> None:
+    """The accumulated gradients into the LoRA: no clipping at max_grad_norm 0 (the recipe)."""
+    if max_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class Stepper:
+    """The loop's micro-batches and optimiser steps, plain or replayed from a CUDA graph."""
+
+    def __init__(
+        self,
+        parts: TrainingParts,
+        samples: Samples,
+        config: RecipeConfig,
+        expert: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        graphed: GraphedStep | None = None,
+    ):
+        self.model, self.optimizer = parts.model, parts.optimizer
+        self.scaler, self.generator = parts.scaler, parts.generator
+        self.samples, self.config, self.settings = samples, config, config.experts[expert]
+        self.device, self.dtype = device, dtype
+        self.graphed = graphed  # the whole step (optimiser and loss scale included)
+        self.params = lora_parameters(self.model)
+
+    def micro_batch(self, batch: list[int], owned: bool = True) -> float | None:
+        """Train on `batch` (accumulating gradients) and return its loss; not `owned`:
+        another rank trains it, take its draws off the generator and return None."""
+        args = (self.samples, batch, self.config, self.settings, self.generator)
+        if self.graphed is not None:
+            return self.graphed(*model_inputs(*args, self.device)).item()
+        if owned:
+            return training_step(self.model, *args, self.device, self.dtype, self.scaler)
+        draws(*args)
+        return None
+
+    def optimizer_step(self) -> None:
+        if self.graphed is None:  # a graph has stepped the optimiser already
+            optimizer_step(
+                self.optimizer, self.scaler, self.params, self.config.optimizer.max_grad_norm
+            )
