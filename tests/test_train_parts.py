@@ -279,4 +279,3 @@ def test_total_steps_count_every_epochs_micro_batches_over_the_accumulation(proj
     assert data.total_steps(config) == 54
     config.training.gradient_accumulation_steps = 4
     assert data.total_steps(config) == 14  # ceil(54 / 4): the last step takes the rest
-

@@ -8,7 +8,7 @@ nothing. WANLORA_FAULT_AT holds comma-separated rules `NAME[GLOB]:N[:ACTION]`:
             optimiser step, loop.py), state_write (a state folder half written: trainer.pt
             there, meta.json not yet, state.py), atomic_write (a temporary file fully
             written, not yet renamed over its target, fsutil.py), model_load (a DiT loaded
-            and prepared for training, loop.py)
+            and prepared for training, train/setup.py)
     GLOB    optional fnmatch pattern on the path passed with the point, e.g.
             atomic_write[*Noise*]:1 hits the first LoRA file written, not cache entries
     N       act at the N-th matching call in this process (1-based)

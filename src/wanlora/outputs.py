@@ -5,7 +5,9 @@ path under output/ by itself.
     output/
       <LoRA name>.safetensors   one per expert, named as the recipe names them
       state/<expert>/step-N/    resume states (train/state.py)
-      samples/                  PNGs (and videos) rendered during and after training
+      samples/                  PNGs (and videos) rendered during and after training:
+                                train_<expert>_e<epoch>_p<i>_seed<s> (at epoch ends),
+                                p<i>_seed<s>_<strengths> / _base, compare_seed<s>_<strengths>
       logs/<expert>/            TensorBoard event files
       report.html               the run's report
 """
@@ -43,6 +45,24 @@ class OutputLayout:
     @property
     def samples_dir(self) -> Path:
         return self.root / "samples"
+
+    @staticmethod
+    def training_sample_stem(expert: str, epoch: int, prompt_index: int, seed: int) -> str:
+        """A sample rendered at an epoch's end (a name in samples_dir, without `.png`)."""
+        return f"train_{expert}_e{epoch:04d}_p{prompt_index:02d}_seed{seed}"
+
+    @staticmethod
+    def sample_stem(prompt_index: int, seed: int, strengths_tag: str) -> str:
+        """A `wanlora sample` image: `p00_seed42_high1_low1`, or `..._base` without LoRAs."""
+        return f"p{prompt_index:02d}_seed{seed}_{strengths_tag}"
+
+    @staticmethod
+    def compare_stem(seeds: list[int], strengths_tag: str) -> str:
+        """A `wanlora sample --compare` grid: `compare_seed42_high1_low1` (seeds 1-2-3, 1-9)."""
+        seed_part = (
+            "-".join(str(x) for x in seeds) if len(seeds) <= 4 else f"{seeds[0]}-{seeds[-1]}"
+        )
+        return f"compare_seed{seed_part}_{strengths_tag}"
 
     @property
     def logs_root(self) -> Path:

@@ -55,9 +55,8 @@ def run_expert(
     device = device or default_device()
     layout = OutputLayout.of(project)
     lora = layout.lora(expert)
-    start = start_point(
-        project.output_dir, expert, lora, overwrite=overwrite, restart=restart
-    )  # decided before any heavy work
+    # resume, fresh start or nothing to do: decided before any heavy work
+    start = start_point(project.output_dir, expert, lora, overwrite=overwrite, restart=restart)
     if start.done_steps is not None:
         log.info("%s: already trained -> %s", expert, lora)
         return ExpertResult(expert, lora, start.done_steps, None, skipped=True)

@@ -164,7 +164,7 @@ class TrainingMonitor:
                 "steps": s.steps,
                 "size": [s.width, s.height],
             }
-            stem = f"train_{expert}_e{epochs_done:04d}_p{i:02d}_seed{s.seed}"
+            stem = self.layout.training_sample_stem(expert, epochs_done, i, s.seed)
             paths.append(save_png(image, self.layout.samples_dir, stem, info))
             if writer is not None:
                 writer.add_image(

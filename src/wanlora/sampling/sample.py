@@ -3,9 +3,9 @@
     prompts -> our umT5 embeddings -> (high expert + high LoRA | low expert + low LoRA) -> VAE
 
 Outputs go to output/samples/ as PNGs named by prompt index, seed and LoRA strengths
-(`p00_seed42_high1_low1.png`), never overwriting: a name in use gets `_v2`, `_v3`, ...
-With `compare`, the same seeds are rendered without the LoRAs (strength 0) and a grid puts
-both side by side (`compare_seed42_high1_low1.png`). Each PNG carries its settings as JSON
+(`p00_seed42_high1_low1.png`; outputs.OutputLayout names them), never overwriting: a name in
+use gets `_v2`, `_v3`, ... With `compare`, the same seeds are rendered without the LoRAs
+(strength 0) and a grid puts both side by side (`compare_seed42_high1_low1.png`). Each PNG carries its settings as JSON
 in a `wanlora` text chunk (the report reads it).
 """
 
@@ -342,7 +342,9 @@ def sample_project(
     lora_images = render(experts, vae, spec, device=device, dtype=dtype, offload=offload)
     for (i, seed), image in zip(pairs, lora_images, strict=True):
         info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": strengths}
-        result.images.append(save_png(image, out_dir, f"p{i:02d}_seed{seed}_{tag}", info | common))
+        result.images.append(
+            save_png(image, out_dir, layout.sample_stem(i, seed, tag), info | common)
+        )
     if compare:
         for module in experts.values():
             set_lora_multiplier(module, 0.0)
@@ -351,7 +353,7 @@ def sample_project(
         for (i, seed), image in zip(pairs, base_images, strict=True):
             info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": zero}
             result.base_images.append(
-                save_png(image, out_dir, f"p{i:02d}_seed{seed}_base", info | common)
+                save_png(image, out_dir, layout.sample_stem(i, seed, "base"), info | common)
             )
         lora_title = "LoRA " + ", ".join(f"{n} {format_strength(v)}" for n, v in strengths.items())
         grid = grid_image(
@@ -359,11 +361,9 @@ def sample_project(
             ["without LoRA", lora_title],
             [f"p{i:02d} seed {seed}: {prompts[i]}" for i, seed in pairs],
         )
-        seed_part = (
-            "-".join(str(x) for x in seeds) if len(seeds) <= 4 else f"{seeds[0]}-{seeds[-1]}"
-        )
         grid_info = {"kind": "compare", "prompts": prompts, "seeds": seeds, "strengths": strengths}
-        result.grid = save_png(grid, out_dir, f"compare_seed{seed_part}_{tag}", grid_info | common)
+        stem = layout.compare_stem(seeds, tag)
+        result.grid = save_png(grid, out_dir, stem, grid_info | common)
     result.timesteps_seen = spec.timesteps_seen
     result.residency_events = spec.residency_events
     del experts, vae
