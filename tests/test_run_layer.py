@@ -99,3 +99,23 @@ def test_step_printer_prints_the_first_and_last_step_and_at_most_every_interval(
         "low 1/5 loss 0.1250 lr 2.00e-04 0.50 s/step",
         "low 5/5 loss 0.1250 lr 2.00e-04 0.50 s/step",
     ]
+
+
+def test_a_launch_trains_like_wanlora_train(project, capsys):
+    """`python -m wanlora.run.launch DIR` without a launcher's environment: one process."""
+    from wanlora.run.launch import main
+
+    assert main([str(project.root), "--expert", "high"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("high 1/18 loss ")
+    assert out[-1] == f"high: 18 steps -> {lora_path(project, 'high')}"
+    assert not lora_path(project, "low").exists()
+
+
+def test_output_layout_names_the_sample_files():
+    from wanlora.outputs import OutputLayout
+
+    assert OutputLayout.training_sample_stem("high", 3, 1, 42) == "train_high_e0003_p01_seed42"
+    assert OutputLayout.sample_stem(0, 7, "high1_low0.5") == "p00_seed7_high1_low0.5"
+    assert OutputLayout.compare_stem([1, 2, 3], "high1") == "compare_seed1-2-3_high1"
+    assert OutputLayout.compare_stem(list(range(9)), "low1") == "compare_seed0-8_low1"

@@ -16,8 +16,10 @@ from wanlora.train.callbacks import StepReport, chain
 from wanlora.train.checkpoint import Checkpointer
 from wanlora.train.data import TrainingData
 from wanlora.train.data_parallel import DataParallel
+from wanlora.train.failures import check_finite
 from wanlora.train.schedule import make_scheduler
 from wanlora.train.setup import (
+    graphed_step,
     load_expert_model,
     make_grad_scaler,
     make_optimizer,
@@ -199,6 +201,21 @@ def test_setup_builds_the_lora_model_and_one_adamw_group_over_the_lora(project):
     assert group["eps"] == settings.eps and group["weight_decay"] == settings.weight_decay
 
 
+def test_no_cuda_graph_off_the_gpu_and_the_optimiser_stays_plain(project):
+    model = float_model(project)
+    model.wanlora_checkpointed = []
+    optimizer = make_optimizer(model, project.config.optimizer, CPU)
+    parts = TrainingParts(
+        model,
+        optimizer,
+        make_scheduler(optimizer, project.config.scheduler, 10),
+        make_grad_scaler(CPU, torch.float32),
+        torch.Generator(),
+    )
+    assert graphed_step(parts, project.config, CPU, torch.float32, ranks=1, expert="high") is None
+    assert all(not g["capturable"] and isinstance(g["lr"], float) for g in optimizer.param_groups)
+
+
 def test_setup_names_a_missing_dit_file(project):
     config = project.config.model_copy(deep=True)
     config.experts["high"].dit = "models/nowhere.safetensors"
@@ -257,6 +274,14 @@ def test_only_the_writing_process_saves(project, tmp_path):
     assert metadata["modelspec.title"] == "x"
     writer.clear()
     assert latest_state_dir(tmp_path / "out", "high") is None
+
+
+def test_a_non_finite_loss_stops_before_the_optimiser_step():
+    check_finite(0.5, "high", 3)
+    check_finite(None, "high", 3)  # another rank's micro-batch
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(WanloraError, match=f"high: the loss became {bad} at step 3"):
+            check_finite(bad, "high", 3)
 
 
 def test_chain_calls_every_callback_in_order():

@@ -24,18 +24,23 @@ from ..train.callbacks import StepReport
 
 
 class LossLog:
-    """on_step: loss and lr at each step into a TensorBoard folder (nothing without
-    tensorboard, an optional dependency)."""
+    """on_step: loss and lr at each step into a TensorBoard folder, made at the first step
+    (nothing without tensorboard, an optional dependency)."""
 
     def __init__(self, log_dir: Path):
-        try:  # optional dependency: imported only when a run logs
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.writer = None
-        else:
-            self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = log_dir
+        self.writer = None
+        self._tried = False
 
     def __call__(self, report: StepReport) -> None:
+        if not self._tried:
+            self._tried = True
+            try:  # optional dependency: imported only when a run logs
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self.writer = SummaryWriter(log_dir=str(self.log_dir))
         if self.writer is not None:
             self.writer.add_scalar("loss", report.loss, report.step)
             self.writer.add_scalar("lr", report.lr, report.step)
