@@ -143,7 +143,7 @@ def test_expert_parallel_trains_both_experts_at_once(project_dir, caplog):
 
 
 def test_workers_sample_at_epoch_ends_like_one_process(project_dir):
-    from wanlora.sampling.report import read_scalars
+    from wanlora.report import read_scalars
     from wanlora.sampling.training import TrainingMonitor
 
     config = project_dir / "wanlora.toml"

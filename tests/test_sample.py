@@ -126,7 +126,7 @@ def test_missing_lora_is_a_clear_error(tmp_path):
 
 def test_training_monitor_samples_the_expert_being_trained(project):
     from wanlora.models import load_dit
-    from wanlora.sampling.report import read_scalars
+    from wanlora.report import read_scalars
     from wanlora.sampling.sample import attach_lora, dit_path
     from wanlora.sampling.training import TrainingMonitor
     from wanlora.train.loop import output_path

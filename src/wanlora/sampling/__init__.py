@@ -1,8 +1,7 @@
-"""Sampling and reporting on top of training (the library never imports this from train).
+"""Sampling: rendering with the trained LoRAs, beside training (neither imports the other).
 
 - pipeline: two-expert Wan inference through diffusers' WanPipeline on our models
   (boundary switch, UniPC flow scheduler with the recipe's shift, expert residency/offload)
 - sample: `wanlora sample` (prompts -> PNGs under output/samples/, --compare grids)
 - training: the on_epoch_end callback (samples during training, memory numbers)
-- report: output/report.html, one self-contained page per run
 """
