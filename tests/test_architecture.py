@@ -216,6 +216,12 @@ def test_every_module_has_a_layer():
         )
 
 
+def test_the_architecture_page_names_every_room():
+    page = (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [room for rooms in LAYERS for room in sorted(rooms) if f"`{room}`" not in page]
+    assert not missing, f"docs/architecture.md's layer table lacks {missing}"
+
+
 def test_no_import_cycle():
     cycles = find_cycles(import_graph())
     lines = [
