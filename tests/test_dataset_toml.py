@@ -164,7 +164,7 @@ def test_write_never_replaces_silently(tmp_path):
 
 
 def test_project_dataset_toml_text_for_musubi(tmp_path):
-    from wanlora.dataset.musubi_toml import project_dataset_toml_text
+    from wanlora.dataset.sources import project_dataset_toml_text
 
     project = init_project(tmp_path / "p", "wan22-t2v", "N", "me")
     text = project_dataset_toml_text(project)

@@ -13,7 +13,8 @@
   which tests/test_demo.py runs through the real CLI.
 - The appendix's run.sh and dataset.toml are exactly what `wanlora export musubi` writes for
   the tutorial's project (regenerate them with the commands in `_export_for_docs`).
-- Relative links and images in the tutorial, docs/README.md and README.md point at files
+- Relative links and images in the tutorial, docs/README.md, docs/architecture.md and
+  README.md point at files
   (and headings) that exist.
 """
 
@@ -290,8 +291,8 @@ def test_appendix_is_the_real_export(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "doc",
-    [TUTORIAL, DOCS / "README.md", ROOT / "README.md"],
-    ids=["tutorial", "docs-index", "readme"],
+    [TUTORIAL, DOCS / "README.md", ROOT / "README.md", DOCS / "architecture.md"],
+    ids=["tutorial", "docs-index", "readme", "architecture"],
 )
 def test_relative_links_resolve(doc):
     text = doc.read_text(encoding="utf-8")

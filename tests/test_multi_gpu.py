@@ -145,8 +145,8 @@ def test_expert_parallel_trains_both_experts_at_once(project_dir, caplog):
 
 
 def test_workers_sample_at_epoch_ends_like_one_process(project_dir):
+    from wanlora.report import read_scalars
     from wanlora.sampling.epoch_samples import TrainingMonitor
-    from wanlora.sampling.report import read_scalars
 
     config = project_dir / "wanlora.toml"
     config.write_text(

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from wanlora.demo import create_demo_project
-from wanlora.sampling.report import build_report, read_scalars, smooth
+from wanlora.report import build_report, read_scalars, smooth
 from wanlora.sampling.sample import grid_image, save_png
 
 SECTIONS = ["recipe", "dataset", "loss", "lr", "timesteps", "samples", "performance"]

@@ -127,8 +127,8 @@ def test_missing_lora_is_a_clear_error(tmp_path):
 def test_training_monitor_samples_the_expert_being_trained(project):
     from wanlora.models import load_dit
     from wanlora.outputs import lora_path
+    from wanlora.report import read_scalars
     from wanlora.sampling.epoch_samples import TrainingMonitor
-    from wanlora.sampling.report import read_scalars
     from wanlora.sampling.sample import attach_lora, dit_path
 
     project.config.sample.every_n_epochs = 2

@@ -93,7 +93,7 @@ def sample(
 @app.command()
 def report(directory: Path = typer.Argument(Path("."), help="Project folder.")) -> None:
     """Write output/report.html: recipe, dataset, loss and lr curves, samples, timings."""
-    from ..sampling.report import build_report
+    from ..report import build_report
 
     path = build_report(load_project(directory))
     console.print(f"[green]report[/] {path}")
@@ -115,7 +115,7 @@ def sampling_during_training(project, device=None):
         yield monitor
     finally:
         monitor.close()
-    from ..sampling.report import build_report
+    from ..report import build_report
 
     try:
         path = build_report(project)

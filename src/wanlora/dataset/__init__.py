@@ -1,6 +1,8 @@
 """The dataset layer: discovery, musubi dataset.toml, buckets, image loading, order, lint.
 
-Modules: `buckets` (make_buckets, select_bucket), `images` (load_bucketed_image), `items`
-(DatasetItem, load_items), `order` (epoch_batches, steps_per_epoch), `musubi_toml`
-(read_dataset_toml, dataset_toml_text), `lint` (check_dataset). Nothing here imports torch.
+Modules: `entry` (DatasetEntry), `sources` (dataset_sources: a project's folders and
+settings), `musubi_toml` (read_dataset_toml, dataset_toml_text), `buckets` (make_buckets,
+select_bucket), `images` (load_bucketed_image), `items` (DatasetItem, load_items), `order`
+(epoch_batches, steps_per_epoch), `lint/` (check_dataset, one module per kind of rule).
+Imports point one way (sources -> musubi_toml -> entry). Nothing here imports torch.
 """

@@ -9,9 +9,10 @@ from ..errors import WanloraError
 from ..recipes.project import Project
 from .buckets import select_bucket
 from .captions import read_caption
+from .entry import DatasetEntry
 from .images import image_size
 from .scan import describe_not_file, scan_folder
-from .sources import DatasetEntry, dataset_sources
+from .sources import dataset_sources
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,9 @@ Keys wanlora does not use (`cache_directory`: we cache under the project's cache
 video and control keys; anything unknown) are reported in `ignored_keys`, never silently
 dropped. A `[[datasets]]` entry without `image_directory` (video or JSONL datasets) is an
 error: only image folders are supported.
+
+This module knows files and `DatasetEntry` only, not projects: `sources` turns a project
+into entries through it (the import points one way, sources -> musubi_toml).
 """
 
 from __future__ import annotations
@@ -24,8 +27,7 @@ import tomli_w
 
 from ..errors import WanloraError
 from ..fsutil import atomic_write_text
-from ..recipes.project import Project
-from .sources import DatasetEntry, dataset_sources
+from .entry import DatasetEntry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -239,16 +241,3 @@ def write_dataset_toml(path: str | Path, text: str, overwrite: bool = False) -> 
         raise WanloraError(f"{path}: already exists", "remove it or pass --force to replace it")
     atomic_write_text(path, text)
     return path
-
-
-def project_dataset_toml_text(project: Project) -> str:
-    """The dataset.toml musubi-tuner needs to train `project` (absolute paths, recipe layout).
-
-    Entries without a cache_directory get <project>/cache/musubi, kept apart from ours.
-    """
-    sources = dataset_sources(project)
-    header = (
-        f"musubi-tuner dataset config for {project.config.project.name}, written by wanlora\n"
-        f"from {sources.dataset_toml or project.config_file}"
-    )
-    return dataset_toml_text(sources.entries, project.cache_dir / "musubi", header=header)

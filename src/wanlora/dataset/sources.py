@@ -2,7 +2,10 @@
 
 A project reads either its `dataset.directory` folder with the `[dataset]` settings of
 wanlora.toml, or a musubi-tuner dataset.toml named by `dataset.dataset_toml` (see
-`musubi_toml`). Either way the result is a list of `DatasetEntry`.
+`musubi_toml`). Either way the result is a list of `DatasetEntry` (`entry`).
+
+Imports go one way: this module reads and writes dataset.toml files through `musubi_toml`,
+which knows only `entry` and never imports this module.
 """
 
 from __future__ import annotations
@@ -12,21 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..recipes.project import Project
-
-
-@dataclass(frozen=True)
-class DatasetEntry:
-    """One image folder and the settings its images are trained with."""
-
-    image_directory: Path
-    caption_extension: str = ".txt"
-    resolution: tuple[int, int] = (960, 960)
-    batch_size: int = 1
-    enable_bucket: bool = True
-    bucket_no_upscale: bool = False
-    num_repeats: int = 1
-    cache_directory: Path | None = None  # kept for writing musubi files back; we cache elsewhere
-    source: str = "wanlora.toml [dataset]"  # where these settings came from, for messages
+from .entry import DatasetEntry
+from .musubi_toml import dataset_toml_text, read_dataset_toml
 
 
 @dataclass(frozen=True)
@@ -61,8 +51,6 @@ def project_entry(project: Project) -> DatasetEntry:
 
 def dataset_sources(project: Project) -> DatasetSources:
     """The project's dataset folders and settings (raises WanloraError on a bad dataset.toml)."""
-    from .musubi_toml import read_dataset_toml
-
     toml_path = dataset_toml_path(project)
     if toml_path is None:
         return DatasetSources(entries=[project_entry(project)])
@@ -70,3 +58,16 @@ def dataset_sources(project: Project) -> DatasetSources:
     return DatasetSources(
         entries=parsed.datasets, ignored_keys=parsed.ignored_keys, dataset_toml=toml_path
     )
+
+
+def project_dataset_toml_text(project: Project) -> str:
+    """The dataset.toml musubi-tuner needs to train `project` (absolute paths, recipe layout).
+
+    Entries without a cache_directory get <project>/cache/musubi, kept apart from ours.
+    """
+    sources = dataset_sources(project)
+    header = (
+        f"musubi-tuner dataset config for {project.config.project.name}, written by wanlora\n"
+        f"from {sources.dataset_toml or project.config_file}"
+    )
+    return dataset_toml_text(sources.entries, project.cache_dir / "musubi", header=header)

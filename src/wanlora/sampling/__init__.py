@@ -5,5 +5,4 @@
 - sample: `wanlora sample` (prompts -> PNGs under output/samples/, --compare grids)
 - epoch_samples: the on_epoch_end callback the run layer passes to training (samples
   during training, memory numbers)
-- report: output/report.html, one self-contained page per run
 """
