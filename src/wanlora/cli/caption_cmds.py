@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -16,7 +15,7 @@ from ..captioning import caption_dataset, caption_prompt, review_pairs
 from ..captioning.openai_backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAIBackend
 from ..recipes import PROJECT_FILE
 from ..train.lock import project_lock
-from .app import app, console, err_console
+from .app import app, console, err_console, styled
 
 
 class Backend(str, enum.Enum):
@@ -114,9 +113,9 @@ def caption(
         highlight=False,
     )
     for image, warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {image.name}: {warning}", highlight=False)
+        console.print(styled("warning:", "yellow"), f"{image.name}: {warning}", highlight=False)
     for image, reason in summary.failed:
-        err_console.print(f"[red]failed:[/] {image}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(styled("failed:", "red"), f"{image}: {reason}", highlight=False)
     if summary.failed:
         err_console.print("fix or caption those by hand, then run the command again to retry")
         raise typer.Exit(1)
@@ -127,7 +126,5 @@ def _print_review(directory: Path) -> None:
     table.add_column("image", no_wrap=True)
     table.add_column("caption")
     for image, text in review_pairs(directory):
-        table.add_row(
-            escape(image.name), escape(text) if text is not None else "[red](no caption)[/]"
-        )
+        table.add_row(image.name, text if text is not None else styled("(no caption)", "red"))
     console.print(table)

@@ -7,13 +7,13 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .. import doctor as doctor_lib
 from ..models import download as dl
 from ..recipes import load_project
-from .app import app, console, err_console
+from .app import app, console, err_console, styled
 
 
 @app.command()
@@ -37,7 +37,7 @@ def download(
         _print_plan(dl.plan_download(project, only))
         return
     with Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -59,7 +59,7 @@ def download(
         console.print(f"{job.label}: {verdict}", highlight=False)
     for ref, path in plan.local:
         console.print(f"{ref.key}: using {path}", highlight=False)
-    console.print(f"[green]Model files ready in[/] {plan.models_dir}")
+    console.print(styled("Model files ready in", "green"), plan.models_dir)
 
 
 def _print_plan(plan: dl.DownloadPlan) -> None:
@@ -80,7 +80,8 @@ def _print_plan(plan: dl.DownloadPlan) -> None:
     enough = plan.bytes_to_fetch <= plan.free_bytes
     console.print(
         f"to download: {dl.human_bytes(plan.bytes_to_fetch)}; free disk: "
-        f"{dl.human_bytes(plan.free_bytes)}" + ("" if enough else "  [bold red]NOT ENOUGH[/]"),
+        f"{dl.human_bytes(plan.free_bytes)}",
+        *(() if enough else (styled(" NOT ENOUGH", "bold red"),)),
         highlight=False,
     )
 
@@ -101,7 +102,7 @@ def doctor(
             table.add_column(column, overflow="fold")
         style = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
         for c in report.checks:
-            table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.fix)
+            table.add_row(c.name, styled(c.status, style[c.status]), c.detail, c.fix)
         console.print(table)
         console.print(
             "[green]A training run can start.[/]"
