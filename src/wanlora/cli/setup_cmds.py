@@ -91,7 +91,7 @@ def doctor(
     directory: Path = typer.Argument(None, help="Project folder (omit to check the machine only)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Check the machine (and a project) for what a training run needs. Exit 0 = a run can start."""
+    """Check the machine (and a project) for what a training run needs. Exit 0 = no FAIL line."""
     project = load_project(directory) if directory is not None else None
     report = doctor_lib.run_doctor(project)
     if as_json:
@@ -105,9 +105,8 @@ def doctor(
             table.add_row(c.name, styled(c.status, style[c.status]), c.detail, c.fix)
         console.print(table)
         console.print(
-            "[green]A training run can start.[/]"
-            if report.ok
-            else "[bold red]A training run cannot start yet:[/] fix the FAIL lines above."
+            report.verdict,
+            style=("green" if report.project else "yellow") if report.ok else "bold red",
         )
     if not report.ok:
         raise typer.Exit(1)
