@@ -17,7 +17,7 @@ from typing import Protocol
 from ..dataset.discovery import caption_path, find_images
 from ..errors import WanloraError
 from ..fsutil import atomic_write_text
-from ..recipes import PROJECT_FILE, Project, load_project
+from ..recipes import PROJECT_FILE, Project, load_project, refuse_dataset_folder
 from .checks import CaptionRejected, check_caption
 from .images import ImageProblem
 from .prompt import build_prompt, load_template, resolve_style_phrase
@@ -63,6 +63,7 @@ def resolve_target(project_or_dir: Project | str | Path) -> CaptionTarget:
         if not folder.is_dir():
             raise WanloraError(f"{folder}: no such folder", "pass a project or image folder")
         if not (folder / PROJECT_FILE).is_file():
+            refuse_dataset_folder(folder)  # its project's trigger and extension would be lost
             return CaptionTarget(folder.resolve())
         project = load_project(folder)
     if not project.dataset_dir.is_dir():

@@ -11,7 +11,10 @@ Output rules, for every command:
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -19,6 +22,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from ..errors import WanloraError
+from ..recipes import NotAProjectFolder
 
 app = typer.Typer(
     name="wanlora",
@@ -75,6 +79,18 @@ def _global_options(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def corrected_command(exc: NotAProjectFolder, args: list[str]) -> str:
+    """The user's command line with the project folder where the wrong folder was."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if not arg.startswith("-") and Path(arg).expanduser().resolve() == exc.folder:
+            args[i] = str(exc.project) if Path(arg).is_absolute() else os.path.relpath(exc.project)
+            break
+    else:  # the folder was the default "." (the command ran inside it)
+        args.append(os.path.relpath(exc.project))
+    return shlex.join(["wanlora", *args])
+
+
 def main() -> None:
     """Entry point: run the app; a WanloraError is one red line and exit code 1."""
     try:
@@ -82,6 +98,8 @@ def main() -> None:
     except WanloraError as exc:
         if _state["debug"]:
             raise
+        if isinstance(exc, NotAProjectFolder):
+            exc = WanloraError(exc.what, f"run `{corrected_command(exc, sys.argv[1:])}`")
         err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:

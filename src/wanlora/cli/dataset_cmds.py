@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..dataset.lint import CheckReport, check_dataset, project_for_check
+from ..recipes import refuse_dataset_folder
 from .app import app, console, styled
 
 
@@ -18,6 +19,7 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
 ) -> None:
     """Lint the dataset: pairing, decoding, buckets, captions, duplicates. Changes nothing."""
+    refuse_dataset_folder(directory)  # mylora/dataset: the project's settings would be lost
     report = check_dataset(project_for_check(directory))
     if as_json:
         typer.echo(report.to_json())
