@@ -1,7 +1,8 @@
 """The per-image loop: one request per image, so a caption can only land beside its image.
 
 Resumable: an image that already has a caption is skipped (an empty caption file counts as
-missing). With `overwrite`, an existing caption is first copied to `<caption>.bak` (or
+missing). An image that cannot be captioned (unreadable, refused by the server, no usable
+caption after the retries) is logged, left uncaptioned and listed in `failed`; the rest go on. With `overwrite`, an existing caption is first copied to `<caption>.bak` (or
 `.bak1`, `.bak2`, ... if that exists), so nothing a user wrote is lost. Every caption is
 written atomically the moment it is ready.
 """
@@ -167,6 +168,7 @@ def _caption_one(
         try:
             checked = check_caption(backend.caption(image, prompt), phrase)
         except ImageProblem as exc:
+            log.warning("%s: skipped, %s", image.name, exc.one_line())
             summary.failed.append((image, exc.one_line()))
             return
         except CaptionRejected as exc:
@@ -175,7 +177,9 @@ def _caption_one(
             continue
         break
     else:
-        summary.failed.append((image, f"no usable caption after {retries + 1} tries: {reason}"))
+        why = f"no usable caption after {retries + 1} tries: {reason}"
+        log.warning("%s: skipped, %s", image.name, why)
+        summary.failed.append((image, why))
         return
 
     target = caption_path(image, extension)

@@ -115,9 +115,15 @@ def caption(
     for image, warning in summary.warnings:
         console.print(styled("warning:", "yellow"), f"{image.name}: {warning}", highlight=False)
     for image, reason in summary.failed:
-        err_console.print(styled("failed:", "red"), f"{image}: {reason}", highlight=False)
+        err_console.print(styled("not captioned:", "red"), f"{image}: {reason}", highlight=False)
     if summary.failed:
-        err_console.print("fix or caption those by hand, then run the command again to retry")
+        # Exit 1 although most images were captioned (and those captions are kept): a script
+        # running `wanlora caption && wanlora train` must stop here, since training needs a
+        # caption for every image. Rerunning captions only the images still without one.
+        err_console.print(
+            f"{len(summary.failed)} image(s) not captioned (listed above): fix them or caption "
+            "them by hand, or run the command again to retry only those"
+        )
         raise typer.Exit(1)
 
 
