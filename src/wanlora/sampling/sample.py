@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
+from ..fsutil import create_temp_file
 from ..recipes import Project
 from ..recipes.schema import LoraSettings, RecipeConfig
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, RenderSpec, needs_offload, render
@@ -176,11 +176,10 @@ def save_png(image: Image.Image, directory: Path, stem: str, info: dict) -> Path
     pnginfo.add_text(PNG_KEY, json.dumps(info, ensure_ascii=False))
     buffer = io.BytesIO()
     image.save(buffer, "PNG", pnginfo=pnginfo)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    fd, tmp = create_temp_file(directory, prefix=".tmp-", suffix=".png")  # the user's umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())
-        os.chmod(tmp, 0o644)
         for n in itertools.count(1):
             path = directory / (f"{stem}.png" if n == 1 else f"{stem}_v{n}.png")
             try:
