@@ -1,11 +1,11 @@
 """Recipes: presets as plain data, the typed config they fill, and a project's overrides."""
 
+from .config_toml import config_to_toml
 from .presets import load_recipe, recipe_data, recipe_names
 from .project import (
     PROJECT_FILE,
     NotAProjectFolder,
     Project,
-    config_to_toml,
     default_models_dir,
     enclosing_project,
     load_project,

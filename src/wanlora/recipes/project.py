@@ -209,11 +209,6 @@ def load_project(root: str | os.PathLike) -> Project:
     return Project(root=root, config=config)
 
 
-def config_to_toml(config: RecipeConfig) -> str:
-    """The full effective config as TOML (loads back to the same config)."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
-
-
 def project_toml(recipe: str, name: str, author: str, trigger: str | None = None) -> str:
     """The wanlora.toml that `wanlora init` writes: the recipe name and the user's fields."""
     trigger_line = (
