@@ -285,6 +285,7 @@ def test_an_image_the_server_refuses_is_skipped_and_the_rest_are_captioned(serve
     assert "b.jpg: skipped, the server refused it: HTTP 400 (Invalid image" in r.stderr
     assert f"not captioned: {data / 'b.jpg'}: the server refused it: HTTP 400" in r.stderr
     assert "1 image(s) not captioned" in r.stderr and "Traceback" not in r.stderr
+    assert all(len(line) < 500 for line in r.stderr.splitlines())  # log lines are not padded
     assert len(server.requests) == 3  # a refusal is not retried
 
     server.refused = set()  # the rerun asks only for the image still without a caption
