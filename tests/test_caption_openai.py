@@ -37,11 +37,13 @@ def dominant_colour(data_url: str) -> tuple[str, tuple[int, int]]:
 
 class FakeChatServer:
     """Speaks POST /v1/chat/completions. `script` holds canned (status, headers, body) answers
-    served first; after that it describes the image's colour, starting with PHRASE."""
+    served first; after that it describes the image's colour, starting with PHRASE, or
+    answers HTTP 400 for an image whose colour is in `refused`."""
 
     def __init__(self):
         self.requests: list[dict] = []
         self.script: list[tuple[int, dict, object]] = []
+        self.refused: set[str] = set()
         self.lock = threading.Lock()
         server = self
 
@@ -84,6 +86,8 @@ class FakeChatServer:
             return 404, {}, {"error": {"message": f"The model `{body['model']}` does not exist"}}
         image_part = body["messages"][0]["content"][1]
         colour, _ = dominant_colour(image_part["image_url"]["url"])
+        if colour in self.refused:
+            return 400, {}, {"error": {"message": "Invalid image: content filtered"}}
         return 200, {}, f"{PHRASE}, a flat {colour} square. Plain background, even light."
 
     def sent_images(self):
@@ -266,6 +270,29 @@ def test_cli_captions_reviews_and_never_leaks_the_key(server, project, tmp_path)
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_an_image_the_server_refuses_is_skipped_and_the_rest_are_captioned(server, project):
+    server.refused = {"blue"}  # b.jpg: HTTP 400 for it, every time
+    env = {"OPENAI_API_KEY": KEY}
+    args = ("caption", str(project.root), "--base-url", server.url, "--model", MODEL)
+    r = run_cli(*args, env=env)
+    data = project.dataset_dir
+    assert r.returncode == 1  # scripts notice; the captions written are kept
+    assert "green" in read(data / "a.txt") and "red" in read(data / "c.txt")
+    assert not (data / "b.txt").exists()
+    assert "captioned 2" in r.stdout and "failed 1" in r.stdout
+    assert "b.jpg: skipped, the server refused it: HTTP 400 (Invalid image" in r.stderr
+    assert f"not captioned: {data / 'b.jpg'}: the server refused it: HTTP 400" in r.stderr
+    assert "1 image(s) not captioned" in r.stderr and "Traceback" not in r.stderr
+    assert all(len(line) < 500 for line in r.stderr.splitlines())  # log lines are not padded
+    assert len(server.requests) == 3  # a refusal is not retried
+
+    server.refused = set()  # the rerun asks only for the image still without a caption
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "captioned 1, skipped 2" in r.stdout and "blue" in read(data / "b.txt")
+    assert len(server.requests) == 4
 
 
 def test_cli_without_a_style_phrase_says_how_to_set_one(tmp_path):

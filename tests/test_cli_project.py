@@ -47,6 +47,9 @@ def test_inspect_recipe_prints_valid_toml():
     data = tomllib.loads(r.stdout)
     assert data["experts"]["high"]["min_timestep"] == 875
     assert data["lora"]["network_dim"] == 16
+    # unset settings are shown too, as comments
+    assert "# max_vram_gb = (unset: the card's free memory)" in r.stdout.splitlines()
+    assert "# every_n_epochs = (unset: no samples during training)" in r.stdout.splitlines()
 
 
 def test_inspect_config_shows_overrides(tmp_path):

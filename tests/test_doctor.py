@@ -16,7 +16,9 @@ import pytest
 from cli_run import run_cli
 from wanlora.doctor import (
     CPU_MAX_DIT_BYTES,
+    NOT_CHECKED,
     TRUNCATED_RATIO,
+    DoctorReport,
     dit_params,
     estimate_vram_bytes,
     run_doctor,
@@ -63,11 +65,32 @@ def project(tmp_path):
 def test_machine_only_on_cpu(tmp_path):
     report = run_doctor(None)
     got = statuses(report)
-    assert report.ok, report.checks
     for name in ("python", "torch", "diffusers", "transformers", "peft", "accelerate"):
         assert got[name] == "ok"
-    assert check(report, "GPU").status == "warn" and "no GPU" in check(report, "GPU").detail
     assert "sdpa" in check(report, "attention").detail
+    # without a project the run judged is the recipe's: 14B experts need a GPU
+    gpu = check(report, "GPU")
+    assert (
+        gpu.status == "FAIL" and "needs a CUDA GPU" in gpu.detail and "wanlora demo" in gpu.detail
+    )
+    assert not report.ok
+    # and it says which checks it could not make
+    unchecked = check(report, "project")
+    assert unchecked.status == "warn" and NOT_CHECKED in unchecked.detail
+    assert "wanlora doctor DIR" in unchecked.fix
+    assert report.verdict.startswith("A training run cannot start yet")
+    assert f"Not checked without a project: {NOT_CHECKED}" in report.verdict
+
+
+def test_verdict_without_a_project_never_says_a_run_can_start():
+    # a machine whose every check passes (a GPU machine), no project given
+    machine = DoctorReport(project=None)
+    machine.add("GPU", "ok", "H100: 80 GB free")
+    machine.add("project", "warn", f"none given: not checked: {NOT_CHECKED}")
+    assert machine.ok and "A training run can start" not in machine.verdict
+    assert machine.verdict.startswith("This machine can train. Not checked without a project")
+    with_project = DoctorReport(project="/p", checks=machine.checks[:1])
+    assert with_project.verdict == "A training run can start."
 
 
 def test_nothing_downloaded(project):
@@ -184,10 +207,18 @@ def test_vram_estimate_is_plain_arithmetic():
 
 def test_cli_json_and_exit_codes(tmp_path, project):
     r = run_cli("doctor", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # this machine has no GPU: the recipe cannot train
     data = json.loads(r.stdout)
-    assert data["ok"] is True and data["project"] is None
+    assert data["ok"] is False and data["project"] is None
     assert {"name", "status", "detail", "fix"} <= set(data["checks"][0])
+
+    r = run_cli("doctor")
+    assert r.returncode == 1
+    assert "A training run can start" not in r.stdout
+    assert (
+        "needs a CUDA GPU" in r.stdout
+        and f"Not checked without a project: {NOT_CHECKED}" in r.stdout
+    )
 
     r = run_cli("doctor", str(project.root), "--json")
     assert r.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel
 
 from wanlora.errors import WanloraError
 from wanlora.recipes import (
@@ -75,6 +76,46 @@ def test_toml_dump_round_trips():
         c = load_recipe(name)
         again = merge_config(tomllib.loads(config_to_toml(c)))
         assert again == c
+
+
+def table_of(text: str, line: str) -> str:
+    """The [table] a line of the dump is in."""
+    before = text[: text.index(line)]
+    return before[before.rindex("\n[") + 1 :].split("\n", 1)[0]
+
+
+def test_toml_dump_shows_every_setting_and_what_unset_means():
+    c = load_recipe("wan22-t2v")
+    text = config_to_toml(c)
+    shown = {
+        line.lstrip("# ").split(" = ", 1)[0] for line in text.splitlines() if " = " in line
+    }
+    tables = [getattr(c, f) for f in type(c).model_fields]
+    tables = [c, *(t for t in tables if isinstance(t, BaseModel)), c.experts["high"]]
+    for table in tables:
+        for name in type(table).model_fields:
+            if not isinstance(getattr(table, name), (BaseModel, dict)):  # a key, not a table
+                assert name in shown, (type(table).__name__, name)
+    models = [type(t) for t in tables]
+    for line, table in [
+        ("# max_vram_gb = (unset: the card's free memory)", "[training]"),
+        ("# dir = (unset: $WANLORA_MODELS_DIR, else ~/.cache/wanlora/models)", "[models]"),
+        ("# every_n_epochs = (unset: no samples during training)", "[sample]"),
+    ]:
+        assert line in text.splitlines() and table_of(text, line) == table
+    # every setting that can be unset says what unset means
+    for model in models:
+        for name, field in model.model_fields.items():
+            if field.default is None:
+                assert (field.json_schema_extra or {}).get("unset"), (model.__name__, name)
+
+    # set ones print as values, and the dump still loads back to the same config
+    c.training.max_vram_gb = 24.0
+    c.sample.every_n_epochs = 10
+    c.sample.prompts = ['a "quoted" prompt', "two\nlines"]
+    text = config_to_toml(c)
+    assert "max_vram_gb = 24.0" in text and "every_n_epochs = 10" in text
+    assert merge_config(tomllib.loads(text)) == c
 
 
 @pytest.mark.parametrize(

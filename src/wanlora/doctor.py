@@ -17,7 +17,10 @@ Rules, stated once here:
   not fit that budget.
 - No GPU: a run can start on CPU only when every DiT file is under CPU_MAX_DIT_BYTES (the
   tiny demo models); it is slow but works. Real 14B experts on CPU: FAIL "no GPU".
-  Without a project, no GPU is a warning (nothing to judge it against).
+  Without a project the run judged is the recipe's (14B experts), so no GPU is a FAIL too;
+  `wanlora doctor DIR` on a project of small models says whether that one runs on CPU.
+- Without a project, the checks that need one (model files, GPU memory need, speed plan,
+  disk) are not made: one "project" row names them, and the verdict says so.
 - Disk: the models folder's disk must hold what is still to download; the project's disk
   must hold PROJECT_DISK_PER_EXPERT per expert (caches, LoRAs, resume states).
 """
@@ -50,6 +53,8 @@ LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate", "huggin
 DIST_NAME = "wan22-loratrain"
 
 Status = Literal["ok", "warn", "FAIL"]
+# what `run_doctor(None)` cannot judge: everything that depends on a project's config
+NOT_CHECKED = "model files, the GPU memory the run needs, the speed plan, disk space"
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,32 @@ class DoctorReport:
     def ok(self) -> bool:
         return all(c.status != "FAIL" for c in self.checks)
 
+    @property
+    def verdict(self) -> str:
+        """The one sentence under the table: can a run start, and what was not checked."""
+        if not self.ok:
+            verdict = "A training run cannot start yet: fix the FAIL lines above."
+        elif self.project is None:
+            verdict = "This machine can train."
+        else:
+            return "A training run can start."
+        if self.project is None:
+            verdict += (
+                f" Not checked without a project: {NOT_CHECKED} "
+                "(run `wanlora doctor DIR` with your project folder)."
+            )
+        return verdict
+
     def add(self, name: str, status: Status, detail: str, fix: str = "") -> None:
         self.checks.append(Check(name, status, detail, fix))
 
     def to_dict(self) -> dict:
-        return {"project": self.project, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "project": self.project,
+            "ok": self.ok,
+            "verdict": self.verdict,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def run_doctor(project: Project | None) -> DoctorReport:
@@ -84,6 +110,12 @@ def run_doctor(project: Project | None) -> DoctorReport:
     _check_attention(report, project.config if project else None)
     if project is None:
         _check_gpu(report, need=None, dit_bytes=[])
+        report.add(
+            "project",
+            "warn",
+            f"none given: not checked: {NOT_CHECKED}",
+            "wanlora doctor DIR (your project folder, made by `wanlora init`)",
+        )
         return report
     _check_models(report, project)
     dits = _dit_sizes(project)
@@ -370,8 +402,14 @@ def _check_gpu(report: DoctorReport, need: int | None, dit_bytes: list[int]) -> 
 
     need_text = f"~{human_bytes(need)} estimated" if need else "unknown need"
     if not torch.cuda.is_available():
-        if need is None:
-            report.add("GPU", "warn", "no GPU: only the tiny demo models train on CPU")
+        if need is None:  # no project: judged against the recipe's 14B experts
+            report.add(
+                "GPU",
+                "FAIL",
+                "no GPU: training the recipe's 14B experts needs a CUDA GPU; only small "
+                "models (`wanlora demo`) train on CPU",
+                "run on a machine with an NVIDIA GPU (the recipe uses an 80 GB H100)",
+            )
         elif max(dit_bytes) < CPU_MAX_DIT_BYTES:
             report.add("GPU", "warn", "no GPU: these small models train on CPU (slowly)")
         else:

@@ -1,12 +1,18 @@
-"""Atomic file writes: nothing a user made is left half-written or silently replaced."""
+"""Atomic file writes: nothing a user made is left half-written or silently replaced.
+
+Files are created with the user's umask (0666 & ~umask, e.g. 0644), like any program's
+output: a LoRA, sample or report must be readable by a ComfyUI running as another user.
+(tempfile.mkstemp would make every output 0600.)
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,11 +33,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp_path = create_temp_file(target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    created = os.fstat(fd)
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.stat().st_ino != created.st_ino:
+            # the writer replaced our file with its own (safetensors writes a 0600 temporary
+            # and renames it): give it back the mode the user's umask gave ours
+            os.chmod(tmp_path, stat.S_IMODE(created.st_mode))
         faults.point("atomic_write", target)  # test hook (faults.py): inert unless asked
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
@@ -43,6 +53,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full_error(target.parent) from None
         raise
+
+
+def create_temp_file(directory: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new file with a unique name in `directory`, open for writing: (fd, path).
+
+    Like tempfile.mkstemp (exclusive creation, never an existing file) but with the mode the
+    user's umask gives, so that renaming it into place publishes a normally readable file."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = Path(directory) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -73,9 +97,13 @@ def disk_full_error(folder: str | os.PathLike, needed_bytes: int | None = None) 
     )
 
 
-def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+def atomic_write_text(target: str | os.PathLike, text: str, *, executable: bool = False) -> None:
+    """Write `text` (UTF-8) to `target` atomically; `executable` adds x where r is (0644 -> 0755)."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
+        if executable:
+            mode = tmp.stat().st_mode & 0o777
+            tmp.chmod(mode | (mode & 0o444) >> 2)
 
 
 def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> None:

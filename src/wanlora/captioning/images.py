@@ -14,7 +14,7 @@ DEFAULT_MAX_SIDE = 1024
 
 
 class ImageProblem(WanloraError):
-    """One image cannot be read; the others can still be captioned."""
+    """One image cannot be captioned (unreadable, or the server refused it); the others can."""
 
 
 def load_for_captioning(path: Path, max_side: int = DEFAULT_MAX_SIDE) -> Image.Image:

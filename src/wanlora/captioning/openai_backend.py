@@ -3,6 +3,8 @@
 ChatGPT's API, or a local server (vLLM, Ollama, LM Studio, llama.cpp). One request per image.
 Rate limits and server errors (429, 5xx) and dropped connections are retried with exponential
 backoff, honouring Retry-After; a bad key, a wrong model or URL stop the run with one line.
+Any other refusal (400 and the like: an image the server will not take, too large, filtered)
+is about the image in that request: it is skipped as an ImageProblem and the run goes on.
 The API key is sent only as a Bearer header and is scrubbed from any server message we show.
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import httpx2  # the httpx API; already installed with huggingface_hub
 
 from ..errors import WanloraError
-from .images import DEFAULT_MAX_SIDE, image_data_url
+from .images import DEFAULT_MAX_SIDE, ImageProblem, image_data_url
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +134,10 @@ class OpenAIBackend:
                 f"{self.url}: HTTP 404 ({message})",
                 f"check --model ({self.model!r}) and --base-url (it usually ends in /v1)",
             )
-        raise WanloraError(
-            f"{self.url}: HTTP {status} ({message})",
-            f"check that model {self.model!r} accepts images and the server's settings",
+        raise ImageProblem(
+            f"the server refused it: HTTP {status} ({message})",
+            f"caption it by hand; if every image is refused, check that model {self.model!r} "
+            "accepts images and the server's settings",
         )
 
     def _server_message(self, response: httpx2.Response) -> str:

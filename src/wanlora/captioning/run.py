@@ -1,7 +1,8 @@
 """The per-image loop: one request per image, so a caption can only land beside its image.
 
 Resumable: an image that already has a caption is skipped (an empty caption file counts as
-missing). With `overwrite`, an existing caption is first copied to `<caption>.bak` (or
+missing). An image that cannot be captioned (unreadable, refused by the server, no usable
+caption after the retries) is logged, left uncaptioned and listed in `failed`; the rest go on. With `overwrite`, an existing caption is first copied to `<caption>.bak` (or
 `.bak1`, `.bak2`, ... if that exists), so nothing a user wrote is lost. Every caption is
 written atomically the moment it is ready.
 """
@@ -17,7 +18,7 @@ from typing import Protocol
 from ..dataset.discovery import caption_path, find_images
 from ..errors import WanloraError
 from ..fsutil import atomic_write_text
-from ..recipes import PROJECT_FILE, Project, load_project
+from ..recipes import PROJECT_FILE, Project, load_project, refuse_dataset_folder
 from .checks import CaptionRejected, check_caption
 from .images import ImageProblem
 from .prompt import build_prompt, load_template, resolve_style_phrase
@@ -63,6 +64,7 @@ def resolve_target(project_or_dir: Project | str | Path) -> CaptionTarget:
         if not folder.is_dir():
             raise WanloraError(f"{folder}: no such folder", "pass a project or image folder")
         if not (folder / PROJECT_FILE).is_file():
+            refuse_dataset_folder(folder)  # its project's trigger and extension would be lost
             return CaptionTarget(folder.resolve())
         project = load_project(folder)
     if not project.dataset_dir.is_dir():
@@ -166,6 +168,7 @@ def _caption_one(
         try:
             checked = check_caption(backend.caption(image, prompt), phrase)
         except ImageProblem as exc:
+            log.warning("%s: skipped, %s", image.name, exc.one_line())
             summary.failed.append((image, exc.one_line()))
             return
         except CaptionRejected as exc:
@@ -174,7 +177,9 @@ def _caption_one(
             continue
         break
     else:
-        summary.failed.append((image, f"no usable caption after {retries + 1} tries: {reason}"))
+        why = f"no usable caption after {retries + 1} tries: {reason}"
+        log.warning("%s: skipped, %s", image.name, why)
+        summary.failed.append((image, why))
         return
 
     target = caption_path(image, extension)

@@ -1,15 +1,28 @@
-"""The `wanlora` Typer app, global options, and the one place errors become one line."""
+"""The `wanlora` Typer app, global options, and the one place errors become one line.
+
+Output rules, for every command:
+- Messages name TOML tables (`[sample]`, `[experts.low]`), so rich markup is off everywhere:
+  the consoles print text as given (colour comes from `styled()` pieces), and typer's help
+  is plain click help (rich help would also eat `[sample]` and print `<bool>` after flags).
+- Piped output (not a terminal) is never wrapped: a path or command in it stays on one line,
+  ready to copy or grep. On a terminal, long lines wrap where the terminal wraps them.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.text import Text
 
 from ..errors import WanloraError
+from ..recipes import NotAProjectFolder
 
 app = typer.Typer(
     name="wanlora",
@@ -17,12 +30,35 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
-inspect_app = typer.Typer(help="Show what a recipe or project will do.", no_args_is_help=True)
+inspect_app = typer.Typer(
+    help="Show what a recipe or project will do.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(inspect_app, name="inspect")
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich lays out tables and text to the console width; a pipe has none, so give it room
+# enough that nothing is folded (rich would otherwise assume 80 columns).
+PIPE_WIDTH = 100_000
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty()
+    return Console(
+        stderr=stderr, markup=False, soft_wrap=True, width=PIPE_WIDTH if piped else None
+    )
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
+
+
+def styled(text: str, style: str) -> Text:
+    """A coloured piece of a message (markup is off: `[...]` in messages stays as written)."""
+    return Text(text, style=style)
+
+
 _state = {"debug": False}
 
 
@@ -33,36 +69,53 @@ def _global_options(
 ) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if (verbose or debug) else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
+    if err_console.is_terminal:
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # a pipe or a log file: plain lines (rich would pad each to the console width)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "PIL", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def corrected_command(exc: NotAProjectFolder, args: list[str]) -> str:
+    """The user's command line with the project folder where the wrong folder was."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if not arg.startswith("-") and Path(arg).expanduser().resolve() == exc.folder:
+            args[i] = str(exc.project) if Path(arg).is_absolute() else os.path.relpath(exc.project)
+            break
+    else:  # the folder was the default "." (the command ran inside it)
+        args.append(os.path.relpath(exc.project))
+    return shlex.join(["wanlora", *args])
 
 
 def main() -> None:
     """Entry point: run the app; a WanloraError is one red line and exit code 1."""
     try:
-        app()
+        app(prog_name="wanlora")
     except WanloraError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.one_line()}", highlight=False, soft_wrap=True)
+        if isinstance(exc, NotAProjectFolder):
+            exc = WanloraError(exc.what, f"run `{corrected_command(exc, sys.argv[1:])}`")
+        err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/] (run the same command again to resume)")
+        err_console.print(
+            styled("interrupted", "yellow"), "(run the same command again to resume)"
+        )
         sys.exit(130)
     except OSError as exc:  # disk full, permissions, a vanished file: name the file
         if _state["debug"]:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         err_console.print(
-            f"[bold red]error:[/] {where}{exc.strerror or exc} -- fix the file or disk problem and run again",
+            styled("error:", "bold red"),
+            f"{where}{exc.strerror or exc} -- fix the file or disk problem and run again",
             highlight=False,
-            soft_wrap=True,
         )
         sys.exit(1)
     except Exception as exc:  # a bug: one line here, the traceback with --debug
@@ -73,16 +126,16 @@ def main() -> None:
             from ..device_memory import out_of_memory_detail
 
             err_console.print(
-                f"[bold red]error:[/] out of GPU memory ({out_of_memory_detail(exc)}) -- close other programs "
+                styled("error:", "bold red"),
+                f"out of GPU memory ({out_of_memory_detail(exc)}) -- close other programs "
                 "that use the GPU (`nvidia-smi` lists them) and run the same command again",
                 highlight=False,
-                soft_wrap=True,
             )
             sys.exit(1)
         err_console.print(
-            f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} -- this is a bug in wanlora; "
+            styled("error:", "bold red"),
+            f"unexpected {type(exc).__name__}: {exc} -- this is a bug in wanlora; "
             "rerun with --debug and report the traceback",
             highlight=False,
-            soft_wrap=True,
         )
         sys.exit(1)

@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -16,7 +15,7 @@ from ..captioning import caption_dataset, caption_prompt, review_pairs
 from ..captioning.openai_backend import DEFAULT_BASE_URL, DEFAULT_MODEL, OpenAIBackend
 from ..recipes import PROJECT_FILE
 from ..run.lock import project_lock
-from .app import app, console, err_console
+from .app import app, console, err_console, styled
 
 
 class Backend(str, enum.Enum):
@@ -114,11 +113,17 @@ def caption(
         highlight=False,
     )
     for image, warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {image.name}: {warning}", highlight=False)
+        console.print(styled("warning:", "yellow"), f"{image.name}: {warning}", highlight=False)
     for image, reason in summary.failed:
-        err_console.print(f"[red]failed:[/] {image}: {reason}", highlight=False, soft_wrap=True)
+        err_console.print(styled("not captioned:", "red"), f"{image}: {reason}", highlight=False)
     if summary.failed:
-        err_console.print("fix or caption those by hand, then run the command again to retry")
+        # Exit 1 although most images were captioned (and those captions are kept): a script
+        # running `wanlora caption && wanlora train` must stop here, since training needs a
+        # caption for every image. Rerunning captions only the images still without one.
+        err_console.print(
+            f"{len(summary.failed)} image(s) not captioned (listed above): fix them or caption "
+            "them by hand, or run the command again to retry only those"
+        )
         raise typer.Exit(1)
 
 
@@ -127,7 +132,5 @@ def _print_review(directory: Path) -> None:
     table.add_column("image", no_wrap=True)
     table.add_column("caption")
     for image, text in review_pairs(directory):
-        table.add_row(
-            escape(image.name), escape(text) if text is not None else "[red](no caption)[/]"
-        )
+        table.add_row(image.name, text if text is not None else styled("(no caption)", "red"))
     console.print(table)

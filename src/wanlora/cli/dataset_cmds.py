@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ..dataset.lint import CheckReport, check_dataset, project_for_check
-from .app import app, console
+from ..recipes import refuse_dataset_folder
+from .app import app, console, styled
 
 
 @app.command()
@@ -18,6 +19,7 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
 ) -> None:
     """Lint the dataset: pairing, decoding, buckets, captions, duplicates. Changes nothing."""
+    refuse_dataset_folder(directory)  # mylora/dataset: the project's settings would be lost
     report = check_dataset(project_for_check(directory))
     if as_json:
         typer.echo(report.to_json())
@@ -36,31 +38,27 @@ def print_report(report: CheckReport) -> None:
         size = f"{image.width}x{image.height}" if image.width else "-"
         bucket = f"{image.bucket[0]}x{image.bucket[1]}" if image.bucket else "-"
         tokens = "-" if image.caption_tokens is None else str(image.caption_tokens)
-        findings = "\n".join(
-            f"[red]{escape(f)}[/]" if f.startswith("error") else f"[yellow]{escape(f)}[/]"
-            for f in image.findings
+        findings = Text("\n").join(
+            styled(f, "red" if f.startswith("error") else "yellow") for f in image.findings
         )
         table.add_row(
-            escape(Path(image.path).name), size, bucket, tokens, findings or "[green]ok[/]"
+            Path(image.path).name, size, bucket, tokens, findings or styled("ok", "green")
         )
     if report.images:
         console.print(table)
-    console.print(f"token counts: ({escape(report.token_count_source)})", soft_wrap=True)
+    console.print(f"token counts: ({report.token_count_source})")
     # Findings about one image are in its row; the rest (folders, stray files) go below.
     for finding in report.errors:
         if finding.image is None:
-            console.print(
-                f"[bold red]error[/] {escape(finding.path)}: {escape(finding.message)}",
-                soft_wrap=True,
-            )
+            console.print(styled("error", "bold red"), f"{finding.path}: {finding.message}")
     for finding in report.warnings:
         if finding.image is None:
-            console.print(
-                f"[yellow]warning[/] {escape(finding.path)}: {escape(finding.message)}",
-                soft_wrap=True,
-            )
-    verdict = "[bold red]not ready[/]" if report.errors else "[bold green]ready to train[/]"
+            console.print(styled("warning", "yellow"), f"{finding.path}: {finding.message}")
+    verdict = (
+        styled("not ready", "bold red") if report.errors else styled("ready to train", "bold green")
+    )
     console.print(
         f"{len(report.images)} images, {len(report.errors)} errors, "
-        f"{len(report.warnings)} warnings: {verdict}"
+        f"{len(report.warnings)} warnings:",
+        verdict,
     )

@@ -8,7 +8,7 @@ import typer
 
 from .. import project_init
 from ..recipes import config_to_toml, load_project, load_recipe, recipe_names
-from .app import app, console, inspect_app
+from .app import app, console, inspect_app, styled
 
 
 @app.command()
@@ -26,7 +26,7 @@ def init(
 ) -> None:
     """Create a project folder: wanlora.toml and dataset/."""
     created = project_init.init_project(directory, recipe, name, author, trigger, force=force)
-    console.print(f"[green]Created project[/] {created.root}")
+    console.print(styled("Created project", "green"), created.root)
     console.print(project_init.next_steps(created.root))
 
 

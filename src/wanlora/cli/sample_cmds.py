@@ -10,7 +10,7 @@ import typer
 
 from ..errors import WanloraError
 from ..recipes import load_project
-from .app import app, console
+from .app import app, console, styled
 
 
 def _size(value: str | None) -> tuple[int | None, int | None]:
@@ -83,11 +83,11 @@ def sample(
         device=torch.device(device) if device else default_device(),
     )
     if result.offloaded:
-        console.print("[yellow]the experts did not both fit on the GPU: ran one at a time[/]")
+        console.print("the experts did not both fit on the GPU: ran one at a time", style="yellow")
     for path in result.images + result.base_images:
         console.print(f"sample: {path}")
     if result.grid is not None:
-        console.print(f"[green]compare grid[/] {result.grid}")
+        console.print(styled("compare grid", "green"), result.grid)
 
 
 @app.command()
@@ -96,7 +96,7 @@ def report(directory: Path = typer.Argument(Path("."), help="Project folder.")) 
     from ..report import build_report
 
     path = build_report(load_project(directory))
-    console.print(f"[green]report[/] {path}")
+    console.print(styled("report", "green"), path)
 
 
 @contextlib.contextmanager
@@ -122,4 +122,4 @@ def sampling_during_training(project, device=None):
     except Exception as exc:  # the LoRAs are saved; a report problem must not hide that
         logging.getLogger(__name__).warning("report not written: %s", exc)
     else:
-        console.print(f"[green]report[/] {path}")
+        console.print(styled("report", "green"), path)

@@ -7,13 +7,13 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from .. import doctor as doctor_lib
 from ..models import download as dl
 from ..recipes import load_project
-from .app import app, console, err_console
+from .app import app, console, err_console, styled
 
 
 @app.command()
@@ -37,7 +37,7 @@ def download(
         _print_plan(dl.plan_download(project, only))
         return
     with Progress(
-        "[progress.description]{task.description}",
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
@@ -59,7 +59,7 @@ def download(
         console.print(f"{job.label}: {verdict}", highlight=False)
     for ref, path in plan.local:
         console.print(f"{ref.key}: using {path}", highlight=False)
-    console.print(f"[green]Model files ready in[/] {plan.models_dir}")
+    console.print(styled("Model files ready in", "green"), plan.models_dir)
 
 
 def _print_plan(plan: dl.DownloadPlan) -> None:
@@ -80,7 +80,8 @@ def _print_plan(plan: dl.DownloadPlan) -> None:
     enough = plan.bytes_to_fetch <= plan.free_bytes
     console.print(
         f"to download: {dl.human_bytes(plan.bytes_to_fetch)}; free disk: "
-        f"{dl.human_bytes(plan.free_bytes)}" + ("" if enough else "  [bold red]NOT ENOUGH[/]"),
+        f"{dl.human_bytes(plan.free_bytes)}",
+        *(() if enough else (styled(" NOT ENOUGH", "bold red"),)),
         highlight=False,
     )
 
@@ -90,7 +91,7 @@ def doctor(
     directory: Path = typer.Argument(None, help="Project folder (omit to check the machine only)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Check the machine (and a project) for what a training run needs. Exit 0 = a run can start."""
+    """Check the machine (and a project) for what a training run needs. Exit 0 = no FAIL line."""
     project = load_project(directory) if directory is not None else None
     report = doctor_lib.run_doctor(project)
     if as_json:
@@ -101,12 +102,11 @@ def doctor(
             table.add_column(column, overflow="fold")
         style = {"ok": "green", "warn": "yellow", "FAIL": "bold red"}
         for c in report.checks:
-            table.add_row(c.name, f"[{style[c.status]}]{c.status}[/]", c.detail, c.fix)
+            table.add_row(c.name, styled(c.status, style[c.status]), c.detail, c.fix)
         console.print(table)
         console.print(
-            "[green]A training run can start.[/]"
-            if report.ok
-            else "[bold red]A training run cannot start yet:[/] fix the FAIL lines above."
+            report.verdict,
+            style=("green" if report.project else "yellow") if report.ok else "bold red",
         )
     if not report.ok:
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..recipes import load_project
-from .app import app, console
+from .app import app, console, styled
 
 
 def _device(name: str | None):
@@ -132,14 +132,17 @@ def demo(
     from ..run.training import describe_lora
 
     project = create_demo_project(directory, epochs=epochs)
-    console.print(f"[green]demo project[/] {project.root} (tiny models, 18 generated images)")
+    console.print(
+        styled("demo project", "green"), project.root, "(tiny models, 18 generated images)"
+    )
     results = _train_with_progress(
         project, device=torch.device("cpu"), overwrite=True, restart=True
     )
-    console.print("\n[bold]Your two LoRAs:[/]")
+    console.print("\nYour two LoRAs:", style="bold")
     for result in results:
         console.print(describe_lora(result.lora_path))
-    console.print(
-        f"\nTry next: wanlora check {project.root} | wanlora inspect config {project.root} | "
-        f"wanlora train {project.root} --overwrite"
-    )
+    # one command per line: "A | B" would read as a shell pipe
+    console.print("\nTry next:")
+    for command in ("check", "inspect config", "train"):
+        extra = " --overwrite" if command == "train" else ""
+        console.print(f"  wanlora {command} {project.root}{extra}")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import WanloraError
 from ..recipes import RecipeConfig, load_project, load_recipe
@@ -75,9 +76,13 @@ def inspect_timesteps(
         else "squeezed linearly into range"
     )
     console.print(
-        f"[bold]{config.recipe}[/] expert [bold]{expert}[/]: timesteps {range_text}, "
-        f"sampling {ts.timestep_sampling} (shift {ts.discrete_flow_shift:g}, "
-        f"sigmoid_scale {ts.sigmoid_scale:g}), {how}; n={n}"
+        Text.assemble(
+            (config.recipe, "bold"),
+            " expert ",
+            (expert, "bold"),
+            f": timesteps {range_text}, sampling {ts.timestep_sampling} "
+            f"(shift {ts.discrete_flow_shift:g}, sigmoid_scale {ts.sigmoid_scale:g}), {how}; n={n}",
+        )
     )
     lo, hi = settings.min_timestep / 1000, settings.max_timestep / 1000
     for line in histogram_lines(t, lo, hi):
@@ -141,8 +146,11 @@ def inspect_schedule(
         else sched.lr_scheduler
     )
     console.print(
-        f"[bold]{config.recipe}[/]: lr {config.optimizer.learning_rate:g}, {shape}, "
-        f"warmup {sched.lr_warmup_steps}, {total} steps"
+        Text.assemble(
+            (config.recipe, "bold"),
+            f": lr {config.optimizer.learning_rate:g}, {shape}, "
+            f"warmup {sched.lr_warmup_steps}, {total} steps",
+        )
     )
     console.print(sparkline(lrs), highlight=False)
     table = Table("step", "lr", box=None)

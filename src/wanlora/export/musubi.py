@@ -17,7 +17,7 @@ from pathlib import Path
 from ..dataset.musubi_toml import dataset_toml_text
 from ..dataset.sources import dataset_sources
 from ..errors import WanloraError
-from ..fsutil import atomic_path, atomic_write_text
+from ..fsutil import atomic_write_text
 from ..models.registry import resolve_model_path
 from ..recipes.project import Project
 from ..recipes.schema import RecipeConfig
@@ -235,17 +235,15 @@ def write_musubi_export(project: Project) -> Path:
     """Write export/musubi/{dataset.toml, run.sh}; a different existing file is kept as .bak."""
     export = musubi_export(project)
     folder = export_dir(project)
-    _replace_keeping_backup(folder / "dataset.toml", export.dataset_toml, mode=0o644)
-    _replace_keeping_backup(folder / "run.sh", export.script, mode=0o755)
+    _replace_keeping_backup(folder / "dataset.toml", export.dataset_toml)
+    _replace_keeping_backup(folder / "run.sh", export.script, executable=True)
     return folder
 
 
-def _replace_keeping_backup(path: Path, text: str, mode: int) -> None:
+def _replace_keeping_backup(path: Path, text: str, executable: bool = False) -> None:
     if path.exists():
         old = path.read_text(encoding="utf-8", errors="replace")
         if old == text:
             return
         atomic_write_text(path.with_name(path.name + ".bak"), old)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-        tmp.chmod(mode)  # the temporary file is private (0600); these are for the user
+    atomic_write_text(path, text, executable=executable)  # modes from the user's umask

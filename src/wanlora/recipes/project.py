@@ -2,6 +2,10 @@
 
 mylora/
   wanlora.toml   dataset/   cache/   output/
+
+A command pointed at a folder inside a project (`wanlora train mylora/dataset`) fails with
+one line naming the project folder (`NotAProjectFolder`), instead of treating the images as
+a project of their own or reporting a missing wanlora.toml.
 """
 
 from __future__ import annotations
@@ -143,8 +147,58 @@ def read_overrides(path: Path) -> dict[str, Any]:
         raise WanloraError(f"{path}: invalid TOML ({exc})", "fix the syntax at that line") from None
 
 
+class NotAProjectFolder(WanloraError):
+    """`folder` lies inside the project at `project` (whose dataset folder is `dataset_dir`);
+    the CLI turns the fix into the user's own command with the project folder in its place."""
+
+    def __init__(self, folder: Path, project: Path, dataset_dir: Path):
+        self.folder, self.project, self.dataset_dir = folder, project, dataset_dir
+        if folder == dataset_dir:
+            where = "the dataset folder of"
+        elif dataset_dir in folder.parents:
+            where = "inside the dataset folder of"
+        else:
+            where = "inside"
+        super().__init__(
+            f"{folder} is {where} the project {project}, not a project folder",
+            f"point the command at the project folder: {project}",
+        )
+
+    @property
+    def in_dataset(self) -> bool:
+        return self.folder == self.dataset_dir or self.dataset_dir in self.folder.parents
+
+
+def enclosing_project(path: str | os.PathLike) -> NotAProjectFolder | None:
+    """The nearest project above `path` (as the error to raise), or None when `path` is a
+    project itself, has none above, or that project's wanlora.toml does not load."""
+    path = Path(path).expanduser().resolve()
+    if (path / PROJECT_FILE).is_file():
+        return None
+    for parent in path.parents:
+        if (parent / PROJECT_FILE).is_file():
+            try:
+                config = merge_config(read_overrides(parent / PROJECT_FILE))
+            except WanloraError:  # a broken wanlora.toml: let the command say what it says
+                return None
+            return NotAProjectFolder(path, parent, Project(parent, config).dataset_dir)
+    return None
+
+
+def refuse_dataset_folder(path: str | os.PathLike) -> None:
+    """For commands that also take a plain folder of images (check, caption): a project's own
+    dataset folder is not one; the project's settings (resolution, trigger) would be lost."""
+    found = enclosing_project(path)
+    if found is not None and found.in_dataset:
+        raise found
+
+
 def load_project(root: str | os.PathLike) -> Project:
     root = Path(root).expanduser().resolve()
+    if not (root / PROJECT_FILE).is_file():
+        found = enclosing_project(root)
+        if found is not None:
+            raise found
     if not root.is_dir():
         raise WanloraError(
             f"{root}: not a project folder",
@@ -153,11 +207,6 @@ def load_project(root: str | os.PathLike) -> Project:
     path = root / PROJECT_FILE
     config = merge_config(read_overrides(path), source=str(path))
     return Project(root=root, config=config)
-
-
-def config_to_toml(config: RecipeConfig) -> str:
-    """The full effective config as TOML (loads back to the same config)."""
-    return tomli_w.dumps(config.model_dump(mode="json", exclude_none=True))
 
 
 def project_toml(recipe: str, name: str, author: str, trigger: str | None = None) -> str:

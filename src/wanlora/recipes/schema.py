@@ -1,7 +1,8 @@
 """The typed, validated config a recipe fills and a project's wanlora.toml overrides.
 
 Every field has the recipe's meaning; field names follow musubi-tuner's flags where one
-exists, so RECIPE.md and `wanlora export musubi` read the same.
+exists, so RECIPE.md and `wanlora export musubi` read the same. A field that may be unset
+(None) says what unset means (`unset(...)`): `wanlora inspect` prints it as a comment.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MixedPrecision = Literal["fp16", "bf16", "no"]
+
+
+def unset(meaning: str) -> dict:
+    """Field(json_schema_extra=...) for an optional field: what leaving it unset means."""
+    return {"unset": meaning}
 
 
 class StrictModel(BaseModel):
@@ -25,7 +31,9 @@ class ProjectInfo(StrictModel):
     )
     author: str = Field("anonymous", min_length=1, description="author in file names and metadata")
     trigger: str | None = Field(
-        None, description="style/trigger phrase every caption must start with"
+        None,
+        description="style/trigger phrase every caption must start with",
+        json_schema_extra=unset("no phrase; `wanlora caption` then needs --style-tag"),
     )
 
     @field_validator("name", "author")
@@ -40,7 +48,9 @@ class ProjectInfo(StrictModel):
 class DatasetSettings(StrictModel):
     directory: str = Field("dataset", description="image folder, relative to the project")
     dataset_toml: str | None = Field(
-        None, description="a musubi-tuner dataset.toml to use instead of `directory`"
+        None,
+        description="a musubi-tuner dataset.toml to use instead of `directory`",
+        json_schema_extra=unset("the images in `directory`"),
     )
     resolution: tuple[int, int] = (960, 960)
     caption_extension: str = ".txt"
@@ -62,7 +72,9 @@ class LoraSettings(StrictModel):
     network_module: Literal["networks.lora_wan"] = "networks.lora_wan"
     network_dim: int = Field(16, ge=1, le=1024)
     network_alpha: float = Field(16.0, gt=0)
-    network_dropout: float | None = Field(None, ge=0, lt=1)
+    network_dropout: float | None = Field(
+        None, ge=0, lt=1, json_schema_extra=unset("no dropout")
+    )
 
 
 class OptimizerSettings(StrictModel):
@@ -82,6 +94,7 @@ class SchedulerSettings(StrictModel):
         ge=0,
         le=1,
         description="passed by the recipe but NOT applied by the reference's polynomial schedule",
+        json_schema_extra=unset("not passed"),
     )
     lr_end: float = Field(
         1e-7, ge=0, description="polynomial schedule's final lr (transformers' default)"
@@ -147,6 +160,7 @@ class TrainingSettings(StrictModel):
         "speed plan (fp8 storage, how many blocks recompute) keeps its predicted peak under "
         "it with a margin, with unchanged numerics. Default: the card's free memory. "
         "`wanlora train --max-vram` sets it for one run",
+        json_schema_extra=unset("the card's free memory"),
     )
 
     @model_validator(mode="after")
@@ -163,6 +177,7 @@ class ModelSettings(StrictModel):
     dir: str | None = Field(
         None,
         description="shared models folder; default $WANLORA_MODELS_DIR or ~/.cache/wanlora/models",
+        json_schema_extra=unset("$WANLORA_MODELS_DIR, else ~/.cache/wanlora/models"),
     )
     vae: str = Field("wan21-vae", description="registry id or path")
     text_encoder: str = Field("umt5-xxl-enc-bf16", description="registry id or path")
@@ -188,7 +203,12 @@ class ExpertSettings(StrictModel):
 
 class SampleSettings(StrictModel):
     prompts: list[str] = Field(default_factory=list)
-    every_n_epochs: int | None = Field(None, ge=1, description="render samples during training")
+    every_n_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="render samples during training",
+        json_schema_extra=unset("no samples during training"),
+    )
     steps: int = Field(30, ge=1)
     width: int = Field(960, ge=16, multiple_of=16)
     height: int = Field(960, ge=16, multiple_of=16)
@@ -204,7 +224,11 @@ class RecipeConfig(StrictModel):
     description: str = ""
     task: Literal["t2v-A14B", "t2v-14B"]
     boundary: float | None = Field(
-        None, gt=0, lt=1, description="expert switch point in t (0.875 for Wan 2.2 T2V A14B)"
+        None,
+        gt=0,
+        lt=1,
+        description="expert switch point in t (0.875 for Wan 2.2 T2V A14B)",
+        json_schema_extra=unset("one expert, no switch point"),
     )
     project: ProjectInfo = Field(default_factory=ProjectInfo)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)

@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 from ..cache.build import default_device
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
+from ..fsutil import create_temp_file
 from ..lora.file import lora_file_settings, read_lora_file
 from ..lora.inject import add_lora, load_lora_state_dict, set_lora_multiplier
 from ..models.dit import infer_dit_info, load_dit
@@ -161,11 +161,10 @@ def save_png(image: Image.Image, directory: Path, stem: str, info: dict) -> Path
     pnginfo.add_text(PNG_KEY, json.dumps(info, ensure_ascii=False))
     buffer = io.BytesIO()
     image.save(buffer, "PNG", pnginfo=pnginfo)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+    fd, tmp = create_temp_file(directory, prefix=".tmp-", suffix=".png")  # the user's umask
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(buffer.getvalue())
-        os.chmod(tmp, 0o644)
         for n in itertools.count(1):
             path = directory / (f"{stem}.png" if n == 1 else f"{stem}_v{n}.png")
             try:
