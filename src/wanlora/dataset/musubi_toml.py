@@ -7,16 +7,17 @@ itself resolves them against the working directory, which is fragile); `~` is ex
 absolute paths are used as written.
 
 Keys wanlora does not use (`cache_directory`: we cache under the project's cache/ folder;
-video and control keys; anything unknown) are reported in `ignored_keys`, never silently
-dropped. A `[[datasets]]` entry without `image_directory` (video or JSONL datasets) is an
-error: only image folders are supported.
+control keys; video keys outside a video entry; anything unknown) are reported in
+`ignored_keys`, never silently dropped. Entries with `video_directory` or
+`video_jsonl_file` are video datasets (see `video_sources`); image folders need
+`image_directory` (image JSONL lists are not supported).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ import tomli_w
 from ..errors import WanloraError
 from ..fsutil import atomic_write_text
 from ..recipes.project import Project
+from .clips import FrameSettings
 from .sources import DatasetEntry, dataset_sources
+from .video_sources import (
+    FRAME_KEY_REASON,
+    FRAME_KEYS,
+    VideoEntry,
+    is_video_table,
+    video_entry_from_table,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,19 +53,25 @@ SHARED_KEYS = (
 DATASET_KEYS = ("image_directory", "cache_directory")
 IGNORED_REASONS = {
     "cache_directory": "wanlora caches under the project's cache/ folder",
+    **dict.fromkeys(FRAME_KEYS, FRAME_KEY_REASON),
 }
 
 
 @dataclass(frozen=True)
 class DatasetToml:
-    """A parsed dataset.toml: its image datasets and the keys wanlora ignores."""
+    """A parsed dataset.toml: its image and video datasets and the keys wanlora ignores."""
 
     path: Path
     datasets: list[DatasetEntry]
     ignored_keys: list[str]
+    videos: list[VideoEntry] = field(default_factory=list)
 
 
-def read_dataset_toml(path: str | Path, defaults: DatasetEntry | None = None) -> DatasetToml:
+def read_dataset_toml(
+    path: str | Path,
+    defaults: DatasetEntry | None = None,
+    video_defaults: FrameSettings | None = None,
+) -> DatasetToml:
     """Parse a musubi-tuner dataset.toml; raise WanloraError naming the file and key on bad input."""
     path = Path(path)
     data = _load_toml(path)
@@ -84,13 +99,29 @@ def read_dataset_toml(path: str | Path, defaults: DatasetEntry | None = None) ->
             f"{path}: no [[datasets]] entries",
             'add a [[datasets]] table with image_directory = "path/to/images"',
         )
-    entries = []
+    entries, videos = [], []
+    frames = video_defaults or FrameSettings()
     for index, table in enumerate(datasets):
         where = f"datasets[{index}]"
+        if "image_directory" not in table and is_video_table(table):
+            videos.append(
+                video_entry_from_table(
+                    table,
+                    _apply_shared(base, table, path, where),
+                    SHARED_KEYS,
+                    frames,
+                    path,
+                    where,
+                    lambda key, table=table, where=where: _path_value(table, key, path, where),
+                    ignored,
+                )
+            )
+            continue
         if "image_directory" not in table:
             raise WanloraError(
-                f"{path}: {where} has no image_directory (video and JSONL datasets are not supported)",
-                'use an image folder: image_directory = "path/to/images"',
+                f"{path}: {where} has no image_directory, video_directory or video_jsonl_file",
+                'name its folder: image_directory = "path/to/images" or '
+                'video_directory = "path/to/videos"',
             )
         for key in table:
             if key not in SHARED_KEYS and key != "image_directory":
@@ -110,7 +141,7 @@ def read_dataset_toml(path: str | Path, defaults: DatasetEntry | None = None) ->
                 source=f"{path} {where}",
             )
         )
-    return DatasetToml(path=path, datasets=entries, ignored_keys=ignored)
+    return DatasetToml(path=path, datasets=entries, ignored_keys=ignored, videos=videos)
 
 
 def _load_toml(path: Path) -> dict[str, Any]:

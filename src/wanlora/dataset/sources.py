@@ -1,8 +1,9 @@
-"""Where a project's images come from: one or more dataset folders with their settings.
+"""Where a project's images and videos come from: dataset folders with their settings.
 
 A project reads either its `dataset.directory` folder with the `[dataset]` settings of
 wanlora.toml, or a musubi-tuner dataset.toml named by `dataset.dataset_toml` (see
-`musubi_toml`). Either way the result is a list of `DatasetEntry`.
+`musubi_toml`). Either way the result is a list of image `DatasetEntry` and a list of
+video `VideoEntry` (see `video_sources`; videos in the dataset folder count too).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..recipes.project import Project
+from .discovery import find_images
+from .video_sources import VideoEntry, folder_has_videos, frame_settings, project_video_entry
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class DatasetSources:
     entries: list[DatasetEntry]
     ignored_keys: list[str] = field(default_factory=list)
     dataset_toml: Path | None = None
+    videos: list[VideoEntry] = field(default_factory=list)
 
 
 def dataset_toml_path(project: Project) -> Path | None:
@@ -65,8 +69,19 @@ def dataset_sources(project: Project) -> DatasetSources:
 
     toml_path = dataset_toml_path(project)
     if toml_path is None:
-        return DatasetSources(entries=[project_entry(project)])
-    parsed = read_dataset_toml(toml_path, defaults=project_entry(project))
+        if not folder_has_videos(project.dataset_dir):
+            return DatasetSources(entries=[project_entry(project)])
+        # videos in the dataset folder: a video dataset next to the images (if any)
+        images = [project_entry(project)] if find_images(project.dataset_dir) else []
+        return DatasetSources(entries=images, videos=[project_video_entry(project)])
+    parsed = read_dataset_toml(
+        toml_path,
+        defaults=project_entry(project),
+        video_defaults=frame_settings(project.config.dataset),
+    )
     return DatasetSources(
-        entries=parsed.datasets, ignored_keys=parsed.ignored_keys, dataset_toml=toml_path
+        entries=parsed.datasets,
+        ignored_keys=parsed.ignored_keys,
+        dataset_toml=toml_path,
+        videos=parsed.videos,
     )
