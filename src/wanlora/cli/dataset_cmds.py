@@ -1,4 +1,5 @@
-"""`wanlora check`: lint the dataset and print a table, or the findings as JSON."""
+"""`wanlora check`: lint the dataset and print a table, or the findings as JSON; and
+`wanlora inspect clips`: every video clip the settings select."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..dataset.clip_list import ClipList, project_clip_list
 from ..dataset.lint import CheckReport, check_dataset, project_for_check
-from .app import app, console
+from .app import app, console, inspect_app
 
 
 @app.command()
@@ -64,3 +66,58 @@ def print_report(report: CheckReport) -> None:
         f"{len(report.images)} images, {len(report.errors)} errors, "
         f"{len(report.warnings)} warnings: {verdict}"
     )
+
+
+@inspect_app.command("clips")
+def inspect_clips(
+    directory: Path = typer.Argument(Path("."), help="Project folder (or a folder of videos)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the clips as JSON."),
+) -> None:
+    """Every video clip training will use: source, start frame, frame count, bucket."""
+    listing = project_clip_list(project_for_check(directory))
+    if as_json:
+        typer.echo(listing.to_json())
+    else:
+        print_clips(listing)
+    if listing.errors or any(v.error for v in listing.videos):
+        raise typer.Exit(1)
+
+
+def print_clips(listing: ClipList) -> None:
+    fps = f"{listing.target_fps:g}"
+    for video in listing.videos:
+        name = escape(Path(video.source).name)
+        if video.error:
+            console.print(f"[bold red]error[/] {escape(video.error)}", soft_wrap=True)
+            continue
+        rate = f"{video.fps:g} fps" if video.fps else "no frame rate"
+        if video.variable_fps:
+            rate += " (variable)"
+        used = (
+            f"{video.used_frames} at {fps} fps (source_fps {video.source_fps:g})"
+            if video.source_fps
+            else f"{video.used_frames} used as they are (source_fps unset)"
+        )
+        console.print(
+            f"[bold]{name}[/]: {video.frame_count} frames, {rate}; {used}; "
+            f"{video.size[0]}x{video.size[1]} -> bucket {video.bucket[0]}x{video.bucket[1]}; "
+            f"{video.frame_extraction}: {len(video.clips)} clips",
+            highlight=False,
+            soft_wrap=True,
+        )
+        if not video.clips:
+            continue
+        table = Table("clip", "start", "frames", "source frames", "bucket", box=None)
+        for clip in video.clips:
+            first, last = clip.source_frames
+            table.add_row(
+                escape(clip.name),
+                str(clip.start),
+                str(clip.frames),
+                f"{first}-{last}",
+                f"{clip.bucket[0]}x{clip.bucket[1]}",
+            )
+        console.print(table)
+    for error in listing.errors:
+        console.print(f"[bold red]error[/] {escape(error)}", soft_wrap=True)
+    console.print(f"{listing.clip_count} clips from {len(listing.videos)} videos")

@@ -200,7 +200,7 @@ def readable_video(path: Path) -> Iterator[None]:
     except PermissionError:
         raise WanloraError(f"{path}: permission denied", "make the file readable") from None
     except (av.FFmpegError, OSError, ValueError, EOFError) as exc:
-        reason = str(exc).strip() or type(exc).__name__
+        reason = (getattr(exc, "strerror", None) or str(exc)).strip() or type(exc).__name__
         raise WanloraError(
             f"{path}: not a readable video (empty, truncated or corrupt: {reason})",
             REENCODE_FIX + ", or remove it",
