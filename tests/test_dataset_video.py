@@ -12,6 +12,7 @@ from video_files import (
     write_frame_folder,
     write_h264,
     write_lossless,
+    write_raw_h264,
     write_video,
 )
 from wanlora.dataset.video import (
@@ -42,6 +43,11 @@ def test_probe_counts_decoded_frames_when_the_container_does_not_say(tmp_path):
 def test_probe_ntsc_rate(tmp_path):
     info = probe_video(write_h264(tmp_path / "ntsc.mp4", 12, fps=30000 / 1001))
     assert info.fps == pytest.approx(29.97, abs=0.01) and not info.variable_fps
+
+
+def test_a_bare_stream_has_no_known_rate(tmp_path):
+    info = probe_video(write_raw_h264(tmp_path / "raw.mp4", 10))
+    assert info.fps is None and info.frame_count == 10  # FFmpeg would say 25 fps
 
 
 def test_variable_frame_rate_is_detected(tmp_path):

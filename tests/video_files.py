@@ -63,6 +63,20 @@ def write_lossless(path: Path, frames: int, fps: float = 30, size=(64, 48)) -> P
     return write_video(path, frames, fps, size, codec="ffv1", pix_fmt="bgr0")
 
 
+def write_raw_h264(path: Path, frames: int, size=(64, 48)) -> Path:
+    """A bare H.264 stream (no container, so no frame timing), whatever `path` is named."""
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for index in range(frames):
+            for packet in stream.encode(_frame(index, *size)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def write_audio_only(path: Path) -> Path:
     """A real media file with one audio stream and no video stream."""
     with av.open(str(path), "w", format="mp4") as container:

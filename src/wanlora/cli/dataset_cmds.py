@@ -47,7 +47,16 @@ def print_report(report: CheckReport) -> None:
         )
     if report.images:
         console.print(table)
+    if report.videos:
+        console.print(video_table(report, tokens_header))
     console.print(f"token counts: ({escape(report.token_count_source)})", soft_wrap=True)
+    if report.largest_bucket:
+        width, height, frames = report.largest_bucket
+        console.print(
+            f"largest bucket: {width}x{height}, {frames} frame{'s' if frames > 1 else ''} -> "
+            f"{report.largest_bucket_tokens} DiT tokens",
+            highlight=False,
+        )
     # Findings about one image are in its row; the rest (folders, stray files) go below.
     for finding in report.errors:
         if finding.image is None:
@@ -62,10 +71,35 @@ def print_report(report: CheckReport) -> None:
                 soft_wrap=True,
             )
     verdict = "[bold red]not ready[/]" if report.errors else "[bold green]ready to train[/]"
+    clips = sum(video.clips for video in report.videos)
+    videos = f"{len(report.videos)} videos ({clips} clips), " if report.videos else ""
     console.print(
-        f"{len(report.images)} images, {len(report.errors)} errors, "
+        f"{len(report.images)} images, {videos}{len(report.errors)} errors, "
         f"{len(report.warnings)} warnings: {verdict}"
     )
+
+
+def video_table(report: CheckReport, tokens_header: str) -> Table:
+    """One row per video: its frames and rate, bucket, clips per video, findings."""
+    table = Table(title="Videos", show_lines=False)
+    for column in ("video", "frames", "bucket", "clips", tokens_header, "findings"):
+        table.add_column(column, overflow="fold")
+    for video in report.videos:
+        frames = "-" if video.frame_count is None else str(video.frame_count)
+        if video.fps:
+            frames += f" @ {video.fps:.4g} fps" + (" (variable)" if video.variable_fps else "")
+        bucket = f"{video.bucket[0]}x{video.bucket[1]}" if video.bucket else "-"
+        lengths = ", ".join(map(str, video.clip_frames))
+        clips = f"{video.clips} ({lengths} frames)" if video.clips else "0"
+        tokens = "-" if video.caption_tokens is None else str(video.caption_tokens)
+        findings = "\n".join(
+            f"[red]{escape(f)}[/]" if f.startswith("error") else f"[yellow]{escape(f)}[/]"
+            for f in video.findings
+        )
+        table.add_row(
+            escape(Path(video.path).name), frames, bucket, clips, tokens, findings or "[green]ok[/]"
+        )
+    return table
 
 
 @inspect_app.command("clips")

@@ -41,6 +41,13 @@ def target_fps_for_task(task: str) -> float:
     return TI2V_5B_FPS if task.startswith("ti2v-5B") else WAN_FPS
 
 
+def latent_tokens(width: int, height: int, frames: int, task: str = "t2v-A14B") -> int:
+    """The DiT's sequence length for a (W, H, frames) bucket: latent frames 1 + (F-1)//4 times
+    (H/s) * (W/s), s = VAE stride x the 2x2 patch: 16 (Wan 2.1 VAE), 32 (ti2v-5B's Wan 2.2 VAE)."""
+    step = 32 if task.startswith("ti2v-5B") else 16
+    return (1 + (frames - 1) // VAE_FRAME_STRIDE) * (height // step) * (width // step)
+
+
 def round_frames(frames: int) -> int:
     """`frames` rounded down to 4n+1 (1, 5, 9, ..., 81, ...)."""
     return (frames - 1) // VAE_FRAME_STRIDE * VAE_FRAME_STRIDE + 1

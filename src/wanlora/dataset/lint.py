@@ -17,6 +17,8 @@ PIL's `convert("RGB")`, each message says what that does); a non-identity EXIF o
 the trainer skips (.gif, .tiff, folders named like images); symlinks or dataset folders
 outside the project (read, but flagged: a shared dataset.toml can point anywhere); keys of
 a dataset.toml that wanlora ignores.
+
+Video datasets are checked by `video_lint` (one row per video, with its clips).
 """
 
 from __future__ import annotations
@@ -34,16 +36,15 @@ from PIL import Image
 
 from ..errors import WanloraError
 from ..recipes.project import Project
-from .buckets import select_bucket
+from .buckets import UPSCALE_ERROR, UPSCALE_WARN, select_bucket
 from .captions import read_caption
 from .images import ORIENTATION_MEANING, exif_orientation, open_image
 from .scan import describe_not_file, scan_folder
 from .sources import DatasetEntry, dataset_sources
 from .tokens import TEXT_TOKEN_LIMIT, TokenCounter, project_token_counter
+from .video_lint import VideoReport, check_task_needs_videos, check_videos, largest_bucket
 
 RECIPE_IMAGE_COUNT = 18
-UPSCALE_WARN = 1.5
-UPSCALE_ERROR = 2.0
 CAPTION_MAX_BYTES = 64 * 1024
 NEAR_DUPLICATE_DISTANCE = 8  # of 64 phash bits; resized/re-encoded copies land at or below
 VISUALLY_DIFFERENT_DISTANCE = 16
@@ -79,6 +80,9 @@ class CheckReport:
     warnings: list[Finding] = field(default_factory=list)
     token_count_source: str = ""
     tokens_are_estimate: bool = True
+    videos: list[VideoReport] = field(default_factory=list)  # video_lint.py
+    largest_bucket: list[int] | None = None  # (W, H, frames) with the longest DiT sequence
+    largest_bucket_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -131,10 +135,15 @@ def check_dataset(project: Project, token_counter: TokenCounter | None = None) -
     checked: list[_Checked] = []
     for entry in sources.entries:
         checked.extend(_check_entry(entry, project, counter, trigger, report))
+    report.videos = check_videos(sources.videos, project, counter, report)
+    check_task_needs_videos(project.config.task, report.videos, project.dataset_dir, report)
+    report.largest_bucket, report.largest_bucket_tokens = largest_bucket(
+        [image.bucket for image in report.images], report.videos, project.config.task
+    )
 
-    if not checked and not report.errors:
+    if not checked and not report.errors and not sources.videos:
         report.error(project.dataset_dir, "no images in the dataset")
-    elif checked and len(checked) != RECIPE_IMAGE_COUNT:
+    elif checked and len(checked) != RECIPE_IMAGE_COUNT and not sources.videos:
         report.warn(
             project.dataset_dir,
             f"{len(checked)} images; the recipe uses exactly {RECIPE_IMAGE_COUNT} "

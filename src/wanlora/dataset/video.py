@@ -43,6 +43,9 @@ VIDEO_EXTENSIONS = (
     ".mpg",
     ".mpeg",
 )
+# Bare video streams without a container: they carry no frame timing, and FFmpeg reports a
+# made-up 25 fps for them, so their rate counts as unknown.
+RAW_STREAM_FORMATS = frozenset({"h264", "hevc", "mjpeg", "m4v", "mpegvideo", "rawvideo"})
 # A timestamp step further than this from the median step makes the frame rate variable.
 VARIABLE_FPS_TOLERANCE = 0.5
 REENCODE_FIX = "re-encode it, e.g. `ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4`"
@@ -124,9 +127,10 @@ def _probe_file(path: Path, size: int, mtime_ns: int) -> VideoInfo:
                 stamps.append(frame.pts)
             count += 1
         rate = stream.average_rate or stream.guessed_rate
+        raw = container.format.name in RAW_STREAM_FORMATS
     if count == 0 or first is None:
         raise WanloraError(f"{path}: the video has no decodable frames", REENCODE_FIX)
-    fps = float(rate) if rate else None
+    fps = float(rate) if rate and not raw else None
     return VideoInfo(path, count, first[0], first[1], fps, _variable(stamps))
 
 
