@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from .video_sources import (
     VideoEntry,
     is_video_table,
     video_entry_from_table,
+    video_location_keys,
+    video_toml_keys,
 )
 
 if sys.version_info >= (3, 11):
@@ -222,20 +225,28 @@ def _path_value(table: dict, key: str, path: Path, where: str) -> Path:
 
 
 def dataset_toml_text(
-    entries: list[DatasetEntry], cache_directory: str | Path | None = None, header: str = ""
+    entries: list[DatasetEntry],
+    cache_directory: str | Path | None = None,
+    header: str = "",
+    videos: Sequence[VideoEntry] = (),
 ) -> str:
-    """A musubi-tuner dataset.toml for `entries`, laid out like the recipe's file.
+    """A musubi-tuner dataset.toml for `entries` (then `videos`), laid out like the recipe's file.
 
     [general] holds the first entry's settings; an entry repeats only the settings where it
     differs. Paths are written absolute. `cache_directory` is used for entries without one.
+    Video entries carry their frame keys (see `video_sources.video_toml_keys`).
     """
-    if not entries:
+    if not entries and not videos:
         raise ValueError("dataset_toml_text needs at least one dataset entry")
-    first = entries[0]
+    first = entries[0] if entries else videos[0]
     general = {key: _toml_value(getattr(first, key)) for key in SHARED_KEYS if key != "num_repeats"}
     tables = []
-    for entry in entries:
-        table: dict[str, Any] = {"image_directory": Path(entry.image_directory).as_posix()}
+    for entry in [*entries, *videos]:
+        table: dict[str, Any] = (
+            {"image_directory": Path(entry.image_directory).as_posix()}
+            if isinstance(entry, DatasetEntry)
+            else video_location_keys(entry)
+        )
         cache = entry.cache_directory or cache_directory
         if cache is not None:
             table["cache_directory"] = Path(cache).as_posix()
@@ -243,6 +254,8 @@ def dataset_toml_text(
         for key in SHARED_KEYS:
             if key != "num_repeats" and getattr(entry, key) != getattr(first, key):
                 table[key] = _toml_value(getattr(entry, key))
+        if isinstance(entry, VideoEntry):
+            table.update(video_toml_keys(entry))
         tables.append(table)
     lines = [f"# {line}" for line in header.splitlines()] if header else []
     lines.append("[general]")
@@ -275,11 +288,17 @@ def write_dataset_toml(path: str | Path, text: str, overwrite: bool = False) -> 
 def project_dataset_toml_text(project: Project) -> str:
     """The dataset.toml musubi-tuner needs to train `project` (absolute paths, recipe layout).
 
-    Entries without a cache_directory get <project>/cache/musubi, kept apart from ours.
+    Entries without a cache_directory get <project>/cache/musubi (video entries a subfolder
+    each, so that no image dataset reads their cache files), kept apart from ours.
     """
     sources = dataset_sources(project)
     header = (
         f"musubi-tuner dataset config for {project.config.project.name}, written by wanlora\n"
         f"from {sources.dataset_toml or project.config_file}"
     )
-    return dataset_toml_text(sources.entries, project.cache_dir / "musubi", header=header)
+    cache = project.cache_dir / "musubi"
+    videos = [
+        replace(v, cache_directory=v.cache_directory or cache / f"video_{i}")
+        for i, v in enumerate(sources.videos)
+    ]
+    return dataset_toml_text(sources.entries, cache, header=header, videos=videos)

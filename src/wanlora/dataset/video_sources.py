@@ -189,6 +189,27 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def video_location_keys(entry: VideoEntry) -> dict[str, str]:
+    """The entry's video_directory or video_jsonl_file, as written to a dataset.toml."""
+    if entry.video_directory is not None:
+        return {"video_directory": Path(entry.video_directory).as_posix()}
+    return {"video_jsonl_file": Path(entry.video_jsonl_file).as_posix()}  # type: ignore[arg-type]
+
+
+def video_toml_keys(entry: VideoEntry) -> dict[str, Any]:
+    """The frame keys whose values differ from musubi-tuner's defaults, in musubi's types
+    (target_frames as given: musubi rounds them itself; source_fps always a float)."""
+    keys: dict[str, Any] = {}
+    defaults = FrameSettings()
+    for key in FRAME_KEYS:
+        value = getattr(entry.frames, key)
+        if value != getattr(defaults, key):
+            keys[key] = list(value) if key == "target_frames" else value
+    if "source_fps" in keys:
+        keys["source_fps"] = float(keys["source_fps"])
+    return keys
+
+
 @dataclass(frozen=True)
 class VideoSource:
     """One video of a dataset: a file or a folder of frames, and where its caption comes from."""
