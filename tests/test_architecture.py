@@ -105,7 +105,7 @@ def imports_of(name: str, modules: dict[str, Path]) -> list[Import]:
                 submodule = f"{base}.{alias.name}"
                 found.append((submodule if submodule in modules else base, node.lineno))
     result: dict[tuple[str, int], Import] = {}
-    own_ancestors = set(_ancestors(name))
+    own_ancestors = set(_ancestors(name)) | {name}  # a package does not import itself
     for dotted, line in found:
         target = _owning_module(dotted, modules)
         if target is None or target == name:

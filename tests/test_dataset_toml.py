@@ -102,7 +102,7 @@ def test_missing_keys_take_the_projects_settings(tmp_path):
     [
         ("[general\n", "invalid TOML"),
         ("[general]\nresolution = 960\n", r"no \[\[datasets\]\] entries"),
-        ('[[datasets]]\nvideo_directory = "v"\n', "has no image_directory"),
+        ("[[datasets]]\nnum_repeats = 2\n", "has no image_directory"),
         ('[[datasets]]\nimage_directory = "a"\nresolution = [960, 500]\n', "multiple of 16"),
         ('[[datasets]]\nimage_directory = "a"\nresolution = "big"\n', r"not \[width, height\]"),
         ('[[datasets]]\nimage_directory = "a"\nnum_repeats = 0\n', "not a positive integer"),

@@ -1,4 +1,4 @@
-"""`wanlora cache`: latents for every image and umT5 embeddings for every caption.
+"""`wanlora cache`: latents for every image and video clip, umT5 embeddings for every caption.
 
 Entries are keyed by content (see keys.py), so unchanged items are reused, changed images or
 captions are recomputed, and entries no item refers to any more are removed. The VAE and the
@@ -9,20 +9,29 @@ returning, so the DiT (loaded next by training) never shares memory with them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import faults
 from ..dataset.images import load_bucketed_image
 from ..dataset.items import DatasetItem, load_items
+from ..dataset.video_frames import load_video_clips
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..models.registry import resolve_model_path
 from ..recipes import Project
-from .keys import file_fingerprint, latent_key, sha256_file, text_key
+from .keys import (
+    clip_latent_key,
+    file_fingerprint,
+    latent_key,
+    sha256_file,
+    text_key,
+    video_sha256,
+)
 from .store import read_entry, write_entry
 
 log = logging.getLogger(__name__)
@@ -96,11 +105,23 @@ def build_cache(
             "bf16",
         ]
     )
+    content: dict[Path, str] = {}  # every clip of a video shares one hash of its file
+
+    def latent_name(item: DatasetItem) -> str:
+        if item.image_path not in content:
+            content[item.image_path] = (
+                sha256_file(item.image_path) if item.clip is None else video_sha256(item.image_path)
+            )
+        if item.clip is None:
+            return latent_key(content[item.image_path], item.bucket, vae_id)
+        return clip_latent_key(
+            content[item.image_path], item.clip.frame_indices, item.bucket, vae_id
+        )
+
     entries = [
         CacheEntry(
             item=item,
-            latent_path=latents_dir
-            / f"{latent_key(sha256_file(item.image_path), item.bucket, vae_id)}.safetensors",
+            latent_path=latents_dir / f"{latent_name(item)}.safetensors",
             text_path=texts_dir / f"{text_key(item.caption, enc_id)}.safetensors",
         )
         for item in items
@@ -127,16 +148,33 @@ def build_cache(
     return result
 
 
-def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
-    from ..models import encode_latents, load_vae
+def _pixels(entries: list[CacheEntry]) -> Iterator[tuple[CacheEntry, np.ndarray]]:
+    """(entry, uint8 pixels): an image (H, W, 3), or a clip's frames (F, H, W, 3), each video
+    decoded once for all its clips that need encoding."""
+    clips: dict[tuple[Path, tuple[int, int]], list[CacheEntry]] = {}
+    for e in entries:
+        if e.item.clip is None:
+            yield e, load_bucketed_image(e.item.image_path, e.item.bucket)
+        else:
+            clips.setdefault((e.item.image_path, e.item.bucket), []).append(e)
+    for (video, bucket), group in clips.items():
+        by_clip = {e.item.clip: e for e in group}
+        for clip, frames in load_video_clips(video, list(by_clip), bucket):
+            yield by_clip[clip], frames
 
-    log.info("encoding %d image(s) with the VAE", len(entries))
+
+def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
+    from ..models import encode_latents, encode_video_latents, load_vae
+
+    log.info("encoding %d image(s) or clip(s) with the VAE", len(entries))
     vae = load_vae(vae_path, dtype=dtype, device=device)
     try:
-        for i, e in enumerate(entries):
-            pixels = load_bucketed_image(e.item.image_path, e.item.bucket)
+        for i, (e, pixels) in enumerate(_pixels(entries)):
             with torch.no_grad():
-                latents = encode_latents(vae, pixels)[0]
+                if e.item.clip is None:
+                    latents = encode_latents(vae, pixels)[0]
+                else:
+                    latents = encode_video_latents(vae, pixels)[0]
             write_entry(
                 e.latent_path,
                 "latents",
@@ -144,6 +182,7 @@ def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
                 {
                     "image": e.item.image_path.name,
                     "bucket": f"{e.item.bucket[0]}x{e.item.bucket[1]}",
+                    **({"clip": e.item.clip.name} if e.item.clip else {}),
                 },
             )
             faults.point("cache_write", e.latent_path)  # test hook (faults.py)
@@ -196,8 +235,14 @@ def load_cached_tensors(entries: list[CacheEntry]) -> list[tuple[torch.Tensor, t
         context = read_entry(e.text_path, "context")
         if latents is None or context is None:
             raise WanloraError(
-                f"{e.latent_path.parent.parent}: cache entry for {e.item.image_path.name} is missing or corrupt",
+                f"{e.latent_path.parent.parent}: cache entry for {_label(e.item)} is missing or corrupt",
                 "run the command again; the cache is rebuilt automatically",
             )
         tensors.append((latents, context))
     return tensors
+
+
+def _label(item: DatasetItem) -> str:
+    return (
+        item.image_path.name if item.clip is None else f"{item.image_path.name} ({item.clip.name})"
+    )

@@ -23,6 +23,5 @@ def export_musubi(directory: Path = typer.Argument(Path("."), help="Project fold
     # stdout stays a runnable script: the dataset.toml it uses follows as a comment
     toml_lines = "".join(f"# {line}".rstrip() + "\n" for line in export.dataset_toml.splitlines())
     typer.echo(f"{export.script}\n# --- {folder / 'dataset.toml'} ---\n{toml_lines}", nl=False)
-    err_console.print(
-        f"wrote {folder / 'dataset.toml'} and {folder / 'run.sh'}", highlight=False, soft_wrap=True
-    )
+    written = ", ".join(str(folder / name) for name in ["dataset.toml", *export.video_lists])
+    err_console.print(f"wrote {written} and {folder / 'run.sh'}", highlight=False, soft_wrap=True)

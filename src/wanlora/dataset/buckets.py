@@ -12,6 +12,10 @@ from __future__ import annotations
 import math
 
 RESO_STEP = 16
+# How far `wanlora check` lets an image or video be upscaled into its bucket: a warning
+# past UPSCALE_WARN (soft details), an error past UPSCALE_ERROR (mostly invented pixels).
+UPSCALE_WARN = 1.5
+UPSCALE_ERROR = 2.0
 
 
 def round_down(value: int, step: int) -> int:

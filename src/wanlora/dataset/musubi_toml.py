@@ -7,9 +7,10 @@ itself resolves them against the working directory, which is fragile); `~` is ex
 absolute paths are used as written.
 
 Keys wanlora does not use (`cache_directory`: we cache under the project's cache/ folder;
-video and control keys; anything unknown) are reported in `ignored_keys`, never silently
-dropped. A `[[datasets]]` entry without `image_directory` (video or JSONL datasets) is an
-error: only image folders are supported.
+control keys; video keys outside a video entry; anything unknown) are reported in
+`ignored_keys`, never silently dropped. Entries with `video_directory` or
+`video_jsonl_file` are video datasets (see `video_sources`); image folders need
+`image_directory` (image JSONL lists are not supported).
 
 This module knows files and `DatasetEntry` only, not projects: `sources` turns a project
 into entries through it (the import points one way, sources -> musubi_toml).
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,17 @@ import tomli_w
 
 from ..errors import WanloraError
 from ..fsutil import atomic_write_text
+from .clips import FrameSettings
 from .entry import DatasetEntry
+from .video_sources import (
+    FRAME_KEY_REASON,
+    FRAME_KEYS,
+    VideoEntry,
+    is_video_table,
+    video_entry_from_table,
+    video_location_keys,
+    video_toml_keys,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -46,19 +58,25 @@ SHARED_KEYS = (
 DATASET_KEYS = ("image_directory", "cache_directory")
 IGNORED_REASONS = {
     "cache_directory": "wanlora caches under the project's cache/ folder",
+    **dict.fromkeys(FRAME_KEYS, FRAME_KEY_REASON),
 }
 
 
 @dataclass(frozen=True)
 class DatasetToml:
-    """A parsed dataset.toml: its image datasets and the keys wanlora ignores."""
+    """A parsed dataset.toml: its image and video datasets and the keys wanlora ignores."""
 
     path: Path
     datasets: list[DatasetEntry]
     ignored_keys: list[str]
+    videos: list[VideoEntry] = field(default_factory=list)
 
 
-def read_dataset_toml(path: str | Path, defaults: DatasetEntry | None = None) -> DatasetToml:
+def read_dataset_toml(
+    path: str | Path,
+    defaults: DatasetEntry | None = None,
+    video_defaults: FrameSettings | None = None,
+) -> DatasetToml:
     """Parse a musubi-tuner dataset.toml; raise WanloraError naming the file and key on bad input."""
     path = Path(path)
     data = _load_toml(path)
@@ -86,13 +104,29 @@ def read_dataset_toml(path: str | Path, defaults: DatasetEntry | None = None) ->
             f"{path}: no [[datasets]] entries",
             'add a [[datasets]] table with image_directory = "path/to/images"',
         )
-    entries = []
+    entries, videos = [], []
+    frames = video_defaults or FrameSettings()
     for index, table in enumerate(datasets):
         where = f"datasets[{index}]"
+        if "image_directory" not in table and is_video_table(table):
+            videos.append(
+                video_entry_from_table(
+                    table,
+                    _apply_shared(base, table, path, where),
+                    SHARED_KEYS,
+                    frames,
+                    path,
+                    where,
+                    lambda key, table=table, where=where: _path_value(table, key, path, where),
+                    ignored,
+                )
+            )
+            continue
         if "image_directory" not in table:
             raise WanloraError(
-                f"{path}: {where} has no image_directory (video and JSONL datasets are not supported)",
-                'use an image folder: image_directory = "path/to/images"',
+                f"{path}: {where} has no image_directory, video_directory or video_jsonl_file",
+                'name its folder: image_directory = "path/to/images" or '
+                'video_directory = "path/to/videos"',
             )
         for key in table:
             if key not in SHARED_KEYS and key != "image_directory":
@@ -112,7 +146,7 @@ def read_dataset_toml(path: str | Path, defaults: DatasetEntry | None = None) ->
                 source=f"{path} {where}",
             )
         )
-    return DatasetToml(path=path, datasets=entries, ignored_keys=ignored)
+    return DatasetToml(path=path, datasets=entries, ignored_keys=ignored, videos=videos)
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -193,20 +227,28 @@ def _path_value(table: dict, key: str, path: Path, where: str) -> Path:
 
 
 def dataset_toml_text(
-    entries: list[DatasetEntry], cache_directory: str | Path | None = None, header: str = ""
+    entries: list[DatasetEntry],
+    cache_directory: str | Path | None = None,
+    header: str = "",
+    videos: Sequence[VideoEntry] = (),
 ) -> str:
-    """A musubi-tuner dataset.toml for `entries`, laid out like the recipe's file.
+    """A musubi-tuner dataset.toml for `entries` (then `videos`), laid out like the recipe's file.
 
     [general] holds the first entry's settings; an entry repeats only the settings where it
     differs. Paths are written absolute. `cache_directory` is used for entries without one.
+    Video entries carry their frame keys (see `video_sources.video_toml_keys`).
     """
-    if not entries:
+    if not entries and not videos:
         raise ValueError("dataset_toml_text needs at least one dataset entry")
-    first = entries[0]
+    first = entries[0] if entries else videos[0]
     general = {key: _toml_value(getattr(first, key)) for key in SHARED_KEYS if key != "num_repeats"}
     tables = []
-    for entry in entries:
-        table: dict[str, Any] = {"image_directory": Path(entry.image_directory).as_posix()}
+    for entry in [*entries, *videos]:
+        table: dict[str, Any] = (
+            {"image_directory": Path(entry.image_directory).as_posix()}
+            if isinstance(entry, DatasetEntry)
+            else video_location_keys(entry)
+        )
         cache = entry.cache_directory or cache_directory
         if cache is not None:
             table["cache_directory"] = Path(cache).as_posix()
@@ -214,6 +256,8 @@ def dataset_toml_text(
         for key in SHARED_KEYS:
             if key != "num_repeats" and getattr(entry, key) != getattr(first, key):
                 table[key] = _toml_value(getattr(entry, key))
+        if isinstance(entry, VideoEntry):
+            table.update(video_toml_keys(entry))
         tables.append(table)
     lines = [f"# {line}" for line in header.splitlines()] if header else []
     lines.append("[general]")

@@ -1,7 +1,8 @@
 """The order items are trained in: batches of one bucket, shuffled each epoch.
 
 As the reference (musubi-tuner): every item appears num_repeats times; items are grouped by
-bucket; each bucket is cut into batches of `batch_size` (the last one may be short, and a
+bucket, a bucket being (width, height, frames): video clips of different lengths never
+share a batch, and images are 1-frame items; each bucket is cut into batches of `batch_size` (the last one may be short, and a
 batch never mixes buckets); at each epoch the items within every bucket and then the list of
 batches are shuffled with Python's `random`, seeded from seed + epoch, so a run is the same
 every time. Steps per epoch = sum over buckets of ceil(items_in_bucket * repeats / batch);
@@ -19,11 +20,11 @@ from collections.abc import Sequence
 from .items import DatasetItem
 
 
-def bucket_groups(items: Sequence[DatasetItem]) -> dict[tuple[int, int], list[int]]:
-    """Bucket -> item indices (each repeated num_repeats times), buckets in sorted order."""
-    groups: dict[tuple[int, int], list[int]] = {}
+def bucket_groups(items: Sequence[DatasetItem]) -> dict[tuple[int, int, int], list[int]]:
+    """(W, H, frames) -> item indices (each repeated num_repeats times), in sorted order."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
     for index, item in enumerate(items):
-        groups.setdefault(tuple(item.bucket), []).extend([index] * item.num_repeats)
+        groups.setdefault(item.batch_key, []).extend([index] * item.num_repeats)
     return {bucket: groups[bucket] for bucket in sorted(groups)}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import WanloraError
 from .discovery import caption_path, find_images, is_image_name
+from .video import is_video_name
 
 # Image formats people drop into a dataset that the reference trainer does not read.
 UNREAD_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jfif")
@@ -54,7 +55,10 @@ def scan_folder(directory: Path, caption_extension: str = ".txt", source: str = 
     scan.shared_captions = {c: imgs for c, imgs in by_caption.items() if len(imgs) > 1}
 
     image_set = set(images)
-    for entry in sorted(directory.iterdir()):
+    entries = sorted(directory.iterdir())
+    # captions of videos in the same folder belong to a video dataset, not orphans here
+    video_captions = {caption_path(e, caption_extension) for e in entries if is_video_name(e)}
+    for entry in entries:
         name = entry.name
         if name.startswith("."):
             continue
@@ -62,7 +66,11 @@ def scan_folder(directory: Path, caption_extension: str = ".txt", source: str = 
             scan.not_files.append(entry)
         elif name.lower().endswith(UNREAD_IMAGE_EXTENSIONS):
             scan.unread_images.append(entry)
-        elif name.endswith(caption_extension) and entry not in by_caption:
+        elif (
+            name.endswith(caption_extension)
+            and entry not in by_caption
+            and entry not in video_captions
+        ):
             scan.orphan_captions.append(entry)
     return scan
 

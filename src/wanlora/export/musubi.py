@@ -1,6 +1,7 @@
 """A project as the recipe's original musubi-tuner workflow: dataset.toml + run.sh.
 
-`wanlora export musubi DIR` writes DIR/export/musubi/{dataset.toml, run.sh}: the two caching
+`wanlora export musubi DIR` writes DIR/export/musubi/{dataset.toml, run.sh} (and, for video
+JSONL lists, a copy of each with absolute paths, videos_N.jsonl): the two caching
 commands and one training command per expert, flag for flag as the recipe's author runs
 them (RECIPE.md), with the project's paths, names and overrides filled in. A setting that
 musubi-tuner's flags cannot express is refused rather than silently dropped.
@@ -8,14 +9,16 @@ musubi-tuner's flags cannot express is refused rather than silently dropped.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 
 from ..dataset.musubi_toml import dataset_toml_text
 from ..dataset.sources import dataset_sources
+from ..dataset.video_sources import read_video_jsonl
 from ..errors import WanloraError
 from ..fsutil import atomic_write_text
 from ..models.registry import resolve_model_path
@@ -42,6 +45,7 @@ class MusubiExport:
     dataset_toml: str
     script: str
     commands: list[list[str]]  # cache latents, cache text, then one training run per expert
+    video_lists: dict[str, str] = field(default_factory=dict)  # videos_N.jsonl -> its text
 
 
 def export_dir(project: Project) -> Path:
@@ -71,10 +75,12 @@ def musubi_export(project: Project) -> MusubiExport:
         commands.append(
             train_command(config, expert, model(config.experts[expert].dit), vae, t5, folder)
         )
+    dataset_toml, video_lists = _dataset_toml(project)
     return MusubiExport(
-        dataset_toml=_dataset_toml(project),
+        dataset_toml=dataset_toml,
         script=_script(project, commands),
         commands=commands,
+        video_lists=video_lists,
     )
 
 
@@ -182,18 +188,37 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _dataset_toml(project: Project) -> str:
-    entries = dataset_sources(project).entries
-    cache = export_dir(project) / "cache"
-    if len(entries) == 1:
-        entries = [replace(entries[0], cache_directory=cache)]
-    else:  # one cache folder per image folder: cache file names come from image names
+def _dataset_toml(project: Project) -> tuple[str, dict[str, str]]:
+    """The dataset.toml, and the video JSONL lists it names (file name -> text)."""
+    sources = dataset_sources(project)
+    folder = export_dir(project)
+    cache = folder / "cache"
+    entries, videos = sources.entries, list(sources.videos)
+    if len(entries) + len(videos) == 1:
+        entries = [replace(e, cache_directory=cache) for e in entries]
+        videos = [replace(v, cache_directory=cache) for v in videos]
+    else:  # one cache folder per dataset: cache file names come from image and video names
         entries = [replace(e, cache_directory=cache / str(i)) for i, e in enumerate(entries)]
+        videos = [
+            replace(v, cache_directory=cache / str(len(entries) + i)) for i, v in enumerate(videos)
+        ]
+    lists: dict[str, str] = {}
+    for index, video in enumerate(videos):
+        if video.video_jsonl_file is not None:
+            # musubi resolves a JSONL's relative paths against its working directory: write
+            # a copy with absolute ones (the same videos and captions, in the same order)
+            name = f"videos_{index}.jsonl"
+            lists[name] = "".join(
+                json.dumps({"video_path": str(v.path), "caption": v.caption}, ensure_ascii=False)
+                + "\n"
+                for v in read_video_jsonl(video.video_jsonl_file)
+            )
+            videos[index] = replace(video, video_jsonl_file=folder / name)
     header = (
         f"musubi-tuner dataset config for the wanlora project {project.root}\n"
         "written by `wanlora export musubi`; regenerate it after changing wanlora.toml"
     )
-    return dataset_toml_text(entries, header=header)
+    return dataset_toml_text(entries, header=header, videos=videos), lists
 
 
 def _script(project: Project, commands: list[list[str]]) -> str:
@@ -237,6 +262,8 @@ def write_musubi_export(project: Project) -> Path:
     folder = export_dir(project)
     _replace_keeping_backup(folder / "dataset.toml", export.dataset_toml)
     _replace_keeping_backup(folder / "run.sh", export.script, executable=True)
+    for name, text in export.video_lists.items():
+        _replace_keeping_backup(folder / name, text)
     return folder
 
 

@@ -14,6 +14,7 @@ _LAZY = {
     "DitInfo": "wanlora.models.dit",
     "load_vae": "wanlora.models.vae",
     "encode_latents": "wanlora.models.vae",
+    "encode_video_latents": "wanlora.models.vae",
     "load_text_encoder": "wanlora.models.text_encoder",
     "load_tokenizer": "wanlora.models.text_encoder",
     "TextEncoder": "wanlora.models.text_encoder",
@@ -27,6 +28,7 @@ __all__ = [
     "TextEncoder",
     "TinyModelPaths",
     "encode_latents",
+    "encode_video_latents",
     "identify_model_file",
     "load_dit",
     "load_text_encoder",
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from wanlora.models.files import identify_model_file
     from wanlora.models.text_encoder import TextEncoder, load_text_encoder, load_tokenizer
     from wanlora.models.tiny import TinyModelPaths, write_tiny_models
-    from wanlora.models.vae import encode_latents, load_vae
+    from wanlora.models.vae import encode_latents, encode_video_latents, load_vae
 
 
 def __getattr__(name: str):

@@ -188,3 +188,33 @@ def encode_latents(vae: AutoencoderKLWan, pixels) -> torch.Tensor:
     std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=mu.device)
     latents = (mu.float() - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
     return latents.to(parameter.dtype)
+
+
+def frames_to_video(frames, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """uint8 (F, H, W, 3) or (B, F, H, W, 3) frames -> (B, 3, F, H, W) in [-1, 1] (x / 127.5 - 1)."""
+    array = np.asarray(frames)
+    if array.ndim == 4:
+        array = array[None]
+    if array.ndim != 5 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected uint8 (B, F, H, W, 3) frames, got {array.dtype} {array.shape}")
+    video = torch.from_numpy(np.array(array)).permute(0, 4, 1, 2, 3)  # a writable copy
+    video = video.to(device=device, dtype=torch.float32) / 127.5 - 1.0
+    return video.to(dtype)
+
+
+@torch.no_grad()
+def encode_video_latents(vae: AutoencoderKLWan, frames) -> torch.Tensor:
+    """uint8 clip frames, F = 4n + 1 -> normalised latents (B, 16, 1 + (F-1)//4, H/8, W/8),
+    normalised like `encode_latents` (a 1-frame clip gives the same latents as the image)."""
+    parameter = next(vae.parameters())
+    video = frames_to_video(frames, parameter.dtype, parameter.device)
+    count, height, width = video.shape[2:]
+    if (count - 1) % 4:
+        raise ValueError(f"a clip must have 4n + 1 frames (1, 5, 9, ..., 81), got {count}")
+    if height % 8 or width % 8:
+        raise ValueError(f"frame size must be a multiple of 8, got {width}x{height}")
+    mu = vae.encode(video).latent_dist.mean
+    mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=mu.device)
+    std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=mu.device)
+    latents = (mu.float() - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)
+    return latents.to(parameter.dtype)

@@ -7,7 +7,7 @@ exists, so RECIPE.md and `wanlora export musubi` read the same. A field that may
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,6 +58,22 @@ class DatasetSettings(StrictModel):
     enable_bucket: bool = True
     bucket_no_upscale: bool = False
     num_repeats: int = Field(1, ge=1)
+    # Video datasets (videos in `directory`, or video_directory / video_jsonl_file entries of
+    # a dataset.toml): musubi-tuner's key names and defaults (WAN22_MODELS.md section 9).
+    target_frames: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="clip lengths in frames, each rounded down to 4n+1",
+    )
+    frame_extraction: Literal["head", "chunk", "slide", "uniform", "full"] = Field(
+        "head", description="how clips are cut from a video (musubi-tuner's modes)"
+    )
+    frame_stride: int = Field(1, ge=1, description="slide: frames between clip starts")
+    frame_sample: int = Field(1, ge=1, description="uniform: clips per target length")
+    max_frames: int = Field(129, ge=1, description="full: the longest clip, rounded to 4n+1")
+    source_fps: float | None = Field(
+        None, gt=0, description="the videos' frame rate; set it to drop frames to the model's rate"
+    )
 
     @field_validator("resolution")
     @classmethod

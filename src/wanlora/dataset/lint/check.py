@@ -21,6 +21,7 @@ from .duplicates import near_duplicates
 from .files import count_findings, folder_findings
 from .images import check_image
 from .report import CheckedImage, CheckReport, ImageReport
+from .videos import check_task_needs_videos, check_videos, largest_bucket
 
 
 def check_dataset(project: Project, token_counter: TokenCounter | None = None) -> CheckReport:
@@ -43,8 +44,13 @@ def check_dataset(project: Project, token_counter: TokenCounter | None = None) -
     checked: list[CheckedImage] = []
     for entry in sources.entries:
         checked.extend(_check_entry(entry, project, counter, trigger, report))
+    report.videos = check_videos(sources.videos, project, counter, report)
+    check_task_needs_videos(project.config.task, report.videos, project.dataset_dir, report)
+    report.largest_bucket, report.largest_bucket_tokens = largest_bucket(
+        [image.bucket for image in report.images], report.videos, project.config.task
+    )
 
-    count_findings(checked, project, report)
+    count_findings(checked, project, report, has_videos=bool(sources.videos))
     alike = near_duplicates(checked, report)
     caption_mixups(checked, trigger, alike, report)
     return report

@@ -49,8 +49,13 @@ def folder_findings(scan: FolderScan, folder: Path, project: Project, report: Ch
         report.warn(caption, f"one caption file is used by several images ({names})")
 
 
-def count_findings(checked: list[CheckedImage], project: Project, report: CheckReport) -> None:
-    """No images at all is an error; a count other than the recipe's is a warning."""
+def count_findings(
+    checked: list[CheckedImage], project: Project, report: CheckReport, has_videos: bool = False
+) -> None:
+    """No images (and no videos) is an error; an image count other than the recipe's is a
+    warning (the recipe's 18 is about image datasets: a video dataset has no such count)."""
+    if has_videos:
+        return
     if not checked and not report.errors:
         report.error(project.dataset_dir, "no images in the dataset")
     elif checked and len(checked) != RECIPE_IMAGE_COUNT:

@@ -12,14 +12,11 @@ import imagehash
 from PIL import Image
 
 from ...errors import WanloraError
-from ..buckets import select_bucket
+from ..buckets import UPSCALE_ERROR, UPSCALE_WARN, select_bucket
 from ..entry import DatasetEntry
 from ..images import ORIENTATION_MEANING, exif_orientation, open_image
 from .files import symlink_outside
 from .report import CheckReport, ImageReport
-
-UPSCALE_WARN = 1.5
-UPSCALE_ERROR = 2.0
 
 
 def check_image(

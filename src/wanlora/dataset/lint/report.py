@@ -13,6 +13,8 @@ from pathlib import Path
 
 import imagehash
 
+from .videos import VideoReport
+
 MAX_NAMES_LISTED = 5
 
 
@@ -43,6 +45,9 @@ class CheckReport:
     warnings: list[Finding] = field(default_factory=list)
     token_count_source: str = ""
     tokens_are_estimate: bool = True
+    videos: list[VideoReport] = field(default_factory=list)  # lint/videos.py
+    largest_bucket: list[int] | None = None  # (W, H, frames) with the longest DiT sequence
+    largest_bucket_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
