@@ -57,6 +57,7 @@ __all__ = [
     "infer_vae_info",
     "latent_frames",
     "load_vae",
+    "vae_info_from_shapes",
     "vae_kind",
     "wan_vae_key_to_diffusers",
 ]
@@ -87,7 +88,11 @@ def infer_vae_info(path: str | Path) -> VaeInfo:
     path = Path(path)
     header = read_safetensors_header(path)
     require_kind(path, set(header), "vae")
-    shapes = {name: shape for name, (_, shape) in header.items()}
+    return vae_info_from_shapes(path, {name: shape for name, (_, shape) in header.items()})
+
+
+def vae_info_from_shapes(path: Path, shapes: dict[str, tuple[int, ...]]) -> VaeInfo:
+    """The VAE from tensor name -> shape; `path` is only for messages."""
     identity = identify_shapes(shapes)
     if identity.variant is None:
         raise WanloraError(
