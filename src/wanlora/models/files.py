@@ -193,6 +193,14 @@ def identify_keys(names: set[str]) -> str:
     return "unknown"
 
 
+KIND_WORDS = {
+    "dit": "a Wan DiT (diffusion model)",
+    "vae": "the Wan VAE",
+    "text_encoder": "the umT5 text encoder",
+    "unknown": "not a model file this tool recognises",
+}
+
+
 def identify_model_file(path: str | Path) -> str:
     """What a model file is, from its tensor names: "dit", "vae", "text_encoder" or "unknown".
 
@@ -288,14 +296,6 @@ def identify_model(path: str | Path) -> ModelIdentity:
     else:
         shapes = {n: shape for n, (_, shape) in read_safetensors_header(path).items()}
     return identify_shapes(shapes)
-
-
-KIND_WORDS = {
-    "dit": "a Wan DiT (diffusion model)",
-    "vae": "the Wan VAE",
-    "text_encoder": "the umT5 text encoder",
-    "unknown": "not a model file this tool recognises",
-}
 
 
 def require_kind(path: Path, names: set[str], expected: str) -> None:
