@@ -19,11 +19,11 @@ import wanlora.models
 from wanlora.models import load_dit, write_tiny_models
 from wanlora.models.assign import build_on_meta
 from wanlora.models.dit import (
-    Float64TimestepProjection,
     diffusers_key_to_wan,
     dit_info_from_shapes,
     wan_key_to_diffusers,
 )
+from wanlora.models.time_embedding import Float64TimestepProjection
 
 LAYOUTS = Path(wanlora.models.__file__).parent / "layouts"
 TIME_PARAMETERS = ("condition_embedder.time_embedder.", "condition_embedder.time_proj.")

@@ -5,6 +5,15 @@ of the original Wan code (`blocks.0.self_attn.q.weight`, sometimes behind a
 `model.diffusion_model.` prefix). The architecture is read off the tensor shapes, so the
 14B experts, the 1.3B and 5B models and the tiny test files all take the same path.
 
+One key layout serves every Wan 2.2 task; only widths differ (W wan/modules/model.py):
+- T2V-A14B expert: in 16, out 16 (the noisy latent).
+- I2V-A14B expert: in 36 = 16 noisy latent + 4 mask + 16 image latent, out 16. No
+  image-encoder (CLIP) branch, unlike Wan 2.1 I2V: diffusers' model with image_dim=None.
+- TI2V-5B: dim 3072, 30 layers, in 48, out 48 (the Wan 2.2 VAE's channels); it takes
+  per-token timesteps (see time_embedding.py).
+diffusers' single-file loader converts none of the last two (it sends them to the Wan 2.1
+I2V config with CLIP), hence our own config and key mapping.
+
 Every Wan DiT uses attention heads of 128 channels, so heads = dim // 128
 (14B: 5120 -> 40 heads, 5B: 3072 -> 24, 1.3B: 1536 -> 12, the tiny test model: 256 -> 2).
 """
@@ -19,7 +28,6 @@ from pathlib import Path
 import torch
 from diffusers import WanTransformer3DModel
 from safetensors import safe_open
-from torch import nn
 
 from wanlora.errors import WanloraError
 from wanlora.models.assign import (
@@ -28,7 +36,16 @@ from wanlora.models.assign import (
     check_fully_loaded,
     check_key_sets,
 )
-from wanlora.models.files import read_safetensors_header, require_kind, strip_comfy_prefix
+from wanlora.models.files import (
+    DIT_TASKS,
+    TASK_IN_CHANNELS,
+    TASK_WORDS,
+    dit_description,
+    read_safetensors_header,
+    require_kind,
+    strip_comfy_prefix,
+)
+from wanlora.models.time_embedding import Float32TimeConditionEmbedder
 
 WAN_HEAD_DIM = 128
 
@@ -129,14 +146,20 @@ class DitInfo:
     compute_dtype: torch.dtype | None
 
     @property
+    def task(self) -> str | None:
+        """The task: "t2v" (in/out 16), "i2v" (in 36, out 16), "ti2v" (in/out 48), or None."""
+        return DIT_TASKS.get((self.in_channels, self.out_channels))
+
+    @property
+    def vae_kind(self) -> str:
+        """The VAE whose latents this DiT denoises: "wan2.2" (48 channels) or "wan2.1" (16)."""
+        return "wan2.2" if self.out_channels == 48 else "wan2.1"
+
+    @property
     def model_name(self) -> str:
         """A human name for the architecture (Wan 2.1 and 2.2 14B T2V share one)."""
-        if self.in_channels == 48:
-            return "Wan 2.2 TI2V 5B"
-        if self.in_channels == 36:
-            return "Wan I2V"
-        names = {5120: "Wan 2.1/2.2 T2V 14B", 1536: "Wan 2.1 T2V 1.3B"}
-        return names.get(self.dim, f"Wan-layout DiT (dim {self.dim}, {self.num_layers} layers)")
+        name = dit_description(self.dim, self.task, self.in_channels, self.out_channels)
+        return name.removeprefix("a ").removeprefix("an ")
 
     def diffusers_config(self) -> dict:
         return {
@@ -155,70 +178,10 @@ class DitInfo:
         }
 
 
-class Float64TimestepProjection(nn.Module):
-    """Sinusoidal timestep embedding computed in float64, returned as float32.
-
-    The reference (original Wan code) embeds timesteps in float64; diffusers' `Timesteps`
-    does it in float32, which differs by up to ~1e-4 at t ~ 1000. Same layout as diffusers
-    with flip_sin_to_cos=True: [cos(t * f_i), sin(t * f_i)], f_i = 10000^(-i / half).
-    """
-
-    def __init__(self, num_channels: int):
-        super().__init__()
-        if num_channels % 2:
-            raise ValueError(f"num_channels must be even, got {num_channels}")
-        self.num_channels = num_channels
-
-    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
-        half = self.num_channels // 2
-        position = timesteps.to(torch.float64)
-        exponents = torch.arange(half, dtype=torch.float64, device=position.device).div(half)
-        angles = torch.outer(position, torch.pow(10000.0, -exponents))
-        return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1).to(torch.float32)
-
-
 # The reference computes the time embedding MLP and its projection in float32 (weights
 # upcast, autocast off); these tensors are therefore stored in float32 whatever `dtype` is
 # (after fp8 rounding when asked, so the values are the reference's).
 FLOAT32_TENSOR_PREFIXES = ("time_embedding.", "time_projection.")
-
-
-class Float32TimeConditionEmbedder(nn.Module):
-    """diffusers' Wan condition embedder with the reference's float32 time path.
-
-    The reference computes the time embedding and its 6-way projection in float32 with
-    autocast off, whatever the other weights' dtype; diffusers casts the embedding to the
-    text dtype before the projection. Text (and image) embedding are unchanged. Holds the
-    very same submodules, so parameter names stay `condition_embedder.time_embedder...`;
-    load_dit stores those weights in float32.
-    """
-
-    def __init__(self, embedder: nn.Module, freq_dim: int):
-        super().__init__()
-        self.timesteps_proj = Float64TimestepProjection(freq_dim)
-        self.time_embedder = embedder.time_embedder
-        self.act_fn = embedder.act_fn
-        self.time_proj = embedder.time_proj
-        self.text_embedder = embedder.text_embedder
-        self.image_embedder = embedder.image_embedder
-
-    def forward(
-        self,
-        timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
-        encoder_hidden_states_image: torch.Tensor | None = None,
-        timestep_seq_len: int | None = None,
-    ):
-        timestep = self.timesteps_proj(timestep)  # float32
-        if timestep_seq_len is not None:
-            timestep = timestep.unflatten(0, (-1, timestep_seq_len))
-        with torch.autocast(device_type=timestep.device.type, enabled=False):
-            temb = self.time_embedder(timestep)
-            timestep_proj = self.time_proj(self.act_fn(temb))
-        encoder_hidden_states = self.text_embedder(encoder_hidden_states)
-        if encoder_hidden_states_image is not None:
-            encoder_hidden_states_image = self.image_embedder(encoder_hidden_states_image)
-        return temb, timestep_proj, encoder_hidden_states, encoder_hidden_states_image
 
 
 def _file_dtype(tensors: dict[str, tuple[torch.dtype, tuple[int, ...]]]) -> torch.dtype:
@@ -255,8 +218,9 @@ def dit_info_from_shapes(
         )
     if any(n.startswith("img_emb.") for n in tensors):
         raise WanloraError(
-            f"{path} is an image-to-video (I2V) DiT with an image encoder input",
-            "the recipe trains text-to-video (T2V) models; download the T2V file",
+            f"{path} is a Wan 2.1 image-to-video (I2V) DiT with an image encoder (CLIP) input, "
+            "which this tool does not load",
+            "use a Wan 2.2 file the recipe names (Wan 2.2 I2V has no image encoder)",
         )
 
     def shape(name: str) -> tuple[int, ...]:
@@ -298,7 +262,7 @@ def load_dit(
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
     fp8_round: bool = False,
-    in_channels: int | None = 16,
+    task: str | None = "t2v",
 ) -> tuple[WanTransformer3DModel, DitInfo]:
     """Load a Wan DiT .safetensors (original layout) into a frozen WanTransformer3DModel.
 
@@ -308,11 +272,13 @@ def load_dit(
     fp8_round: reproduce the reference's fp8_base: every floating-point tensor is rounded
         through float8_e4m3fn (no scaling) and stored in `dtype` (fp8 values are exact in
         fp16 and bf16), so the model computes on fp8-valued weights.
-    in_channels: the latent channels the recipe feeds (16 for T2V with the Wan 2.1 VAE);
-        a file with another input width (an I2V model: 36) is refused. None accepts any.
+    task: the task the recipe trains: "t2v" (in 16 / out 16), "i2v" (Wan 2.2 I2V-A14B
+        expert, in 36 / out 16) or "ti2v" (Wan 2.2 TI2V-5B, in 48 / out 48). A file of
+        another task is refused, naming what it is. None accepts any Wan-layout DiT.
 
     Time embedding: computed as the reference does, sinusoid in float64, then the MLP and
-    the projection in float32 with autocast off (see Float32TimeConditionEmbedder).
+    the projection in float32 with autocast off (see time_embedding.py). The timestep may
+    be (B,) or, per token, (B, seq_len).
 
     Memory: the model is built on the meta device and each tensor is read, converted and
     assigned on its own (the file is mmapped), so peak host RAM is about one tensor on a
@@ -320,14 +286,16 @@ def load_dit(
     """
     path = Path(path)
     info = infer_dit_info(path)
-    if in_channels is not None and info.in_channels != in_channels:
-        what = {36: "an image-to-video (I2V) DiT", 48: "a Wan 2.2 TI2V 5B DiT"}.get(
-            info.in_channels, f"a DiT with {info.in_channels} input channels"
+    if task is not None and info.task != task:
+        if task not in TASK_WORDS:
+            raise ValueError(f"task must be one of {sorted(TASK_WORDS)} or None, got {task!r}")
+        what = TASK_WORDS.get(info.task) or dit_description(  # type: ignore[arg-type]
+            info.dim, info.task, info.in_channels, info.out_channels
         )
         raise WanloraError(
-            f"{path} is {what} (in_dim {info.in_channels}); this recipe needs a text-to-video "
-            f"DiT with in_dim {in_channels}",
-            "download the T2V file the recipe names",
+            f"{path} is {what} (in_dim {info.in_channels}); "
+            f"this recipe needs {TASK_WORDS[task]} (in_dim {TASK_IN_CHANNELS[task]})",
+            f"download the {task.upper()} DiT file the recipe names",
         )
     storage_dtype = dtype if dtype is not None else info.file_dtype
     device = torch.device(device)
@@ -343,7 +311,7 @@ def load_dit(
             model,
             to_model=wan_key_to_diffusers,
             to_file=diffusers_key_to_wan,
-            extra=("a Wan T2V DiT", "this is a different model; use the DiT file the recipe names"),
+            extra=("a Wan DiT", "this is a different model; use the DiT file the recipe names"),
             missing="a Wan DiT",
         )
         for name in file_names:

@@ -3,12 +3,18 @@
 Every check here exists to turn a confusing library traceback (a truncated download, a
 .pth renamed to .safetensors, the VAE picked where the DiT belongs) into a WanloraError
 that names the file and says what it really is.
+
+Which model a file holds is read off its tensor names and a few shapes (no weights read):
+a DiT's task from its input/output channels (16/16 text-to-video, 36/16 Wan 2.2
+image-to-video, 48/48 Wan 2.2 TI2V-5B), a VAE's generation from its latent channels
+(16: Wan 2.1, 48: Wan 2.2).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -187,27 +193,109 @@ def identify_keys(names: set[str]) -> str:
     return "unknown"
 
 
-def identify_model_file(path: str | Path) -> str:
-    """What a model file is, from its tensor names: "dit", "vae", "text_encoder" or "unknown".
-
-    Knows the layouts this tool loads (original Wan DiT / Wan 2.1 VAE / Wan umT5 .pth).
-    Unreadable files raise WanloraError; readable files in other layouts are "unknown".
-    """
-    path = Path(path)
-    _require_file(path)
-    if looks_like_torch_pickle(path):
-        names = set(load_torch_state_dict(path))
-    else:
-        names = set(read_safetensors_header(path))
-    return identify_keys({strip_comfy_prefix(n) for n in names})
-
-
 KIND_WORDS = {
     "dit": "a Wan DiT (diffusion model)",
     "vae": "the Wan VAE",
     "text_encoder": "the umT5 text encoder",
     "unknown": "not a model file this tool recognises",
 }
+
+
+def identify_model_file(path: str | Path) -> str:
+    """What a model file is, from its tensor names: "dit", "vae", "text_encoder" or "unknown".
+
+    Knows the layouts this tool loads (original Wan DiT / Wan VAE / Wan umT5 .pth).
+    Unreadable files raise WanloraError; readable files in other layouts are "unknown".
+    `identify_model` also tells which DiT or VAE it is.
+    """
+    return identify_model(path).kind
+
+
+# A Wan DiT's (input, output) latent channels -> its task.
+DIT_TASKS = {(16, 16): "t2v", (36, 16): "i2v", (48, 48): "ti2v"}
+# Input channels a task's DiT takes: 16 noisy latent channels (t2v); plus 4 mask and 16
+# image-latent channels (i2v, Wan 2.2 I2V-A14B); 48 Wan 2.2 VAE channels (ti2v).
+TASK_IN_CHANNELS = {task: channels[0] for channels, task in DIT_TASKS.items()}
+TASK_WORDS = {
+    "t2v": "a text-to-video (T2V) DiT",
+    "i2v": "an image-to-video (I2V) DiT",
+    "ti2v": "a Wan 2.2 TI2V-5B DiT",
+}
+# A Wan VAE's latent channels -> which VAE it is.
+VAE_KINDS = {16: "wan2.1", 48: "wan2.2"}
+VAE_WORDS = {
+    "wan2.1": "the Wan 2.1 VAE (16 latent channels, used by every 14B model)",
+    "wan2.2": "the Wan 2.2 VAE (48 latent channels, used by TI2V-5B only)",
+}
+
+
+def dit_description(dim: int, task: str | None, in_channels: int, out_channels: int) -> str:
+    """A human name for a Wan-layout DiT of this width and task."""
+    names = {
+        (5120, "t2v"): "a Wan 2.1/2.2 T2V 14B DiT",
+        (1536, "t2v"): "a Wan 2.1 T2V 1.3B DiT",
+        (5120, "i2v"): "a Wan 2.2 I2V-A14B expert DiT",
+        (3072, "ti2v"): "a Wan 2.2 TI2V-5B DiT",
+    }
+    if (dim, task) in names:
+        return names[(dim, task)]
+    if task is not None:
+        return f"{TASK_WORDS[task]} (Wan layout, dim {dim})"
+    return f"a Wan-layout DiT with {in_channels} input and {out_channels} output channels"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a model file holds.
+
+    kind: "dit" | "vae" | "text_encoder" | "unknown".
+    variant: a DiT's task ("t2v" | "i2v" | "ti2v"), a VAE's generation ("wan2.1" |
+        "wan2.2"), or None (a DiT or VAE this tool does not load, or another kind).
+    description: a human name for messages ("a Wan 2.2 I2V-A14B expert DiT").
+    """
+
+    kind: str
+    variant: str | None
+    description: str
+
+
+def identify_shapes(shapes: dict[str, tuple[int, ...]]) -> ModelIdentity:
+    """The identity of a model from tensor name -> shape (ComfyUI prefix allowed)."""
+    shapes = {strip_comfy_prefix(n): s for n, s in shapes.items()}
+    kind = identify_keys(set(shapes))
+    if kind == "dit":
+        return _identify_dit(shapes)
+    if kind == "vae":
+        z_dim = shapes["conv2.weight"][0] if "conv2.weight" in shapes else None
+        variant = VAE_KINDS.get(z_dim)  # type: ignore[arg-type]
+        words = VAE_WORDS[variant] if variant else f"a Wan-layout VAE with {z_dim} latent channels"
+        return ModelIdentity("vae", variant, words)
+    return ModelIdentity(kind, None, KIND_WORDS[kind])
+
+
+def _identify_dit(shapes: dict[str, tuple[int, ...]]) -> ModelIdentity:
+    dim, in_channels = shapes["patch_embedding.weight"][:2]
+    patch = shapes["patch_embedding.weight"][2:]
+    if any(n.startswith("img_emb.") for n in shapes):
+        return ModelIdentity(
+            "dit", None, "a Wan 2.1 image-to-video DiT with a CLIP image-encoder input"
+        )
+    head = shapes.get("head.head.weight")
+    patch_volume = patch[0] * patch[1] * patch[2] if len(patch) == 3 else 0
+    out_channels = head[0] // patch_volume if head and patch_volume else 0
+    task = DIT_TASKS.get((in_channels, out_channels))
+    return ModelIdentity("dit", task, dit_description(dim, task, in_channels, out_channels))
+
+
+def identify_model(path: str | Path) -> ModelIdentity:
+    """What a model file is, and which DiT (task) or VAE (generation) it is; header only."""
+    path = Path(path)
+    _require_file(path)
+    if looks_like_torch_pickle(path):
+        shapes = {n: tuple(t.shape) for n, t in load_torch_state_dict(path).items()}
+    else:
+        shapes = {n: shape for n, (_, shape) in read_safetensors_header(path).items()}
+    return identify_shapes(shapes)
 
 
 def require_kind(path: Path, names: set[str], expected: str) -> None:

@@ -57,6 +57,30 @@ MODEL_FILES: dict[str, ModelFile] = {
             description="Wan 2.2 T2V A14B low-noise expert DiT (fp16)",
         ),
         ModelFile(
+            id="wan22-i2v-high-fp16",
+            kind="dit",
+            repo="Comfy-Org/Wan_2.2_ComfyUI_Repackaged",
+            files=("split_files/diffusion_models/wan2.2_i2v_high_noise_14B_fp16.safetensors",),
+            approx_bytes=int(28.6 * GB),
+            description="Wan 2.2 I2V A14B high-noise expert DiT (fp16)",
+        ),
+        ModelFile(
+            id="wan22-i2v-low-fp16",
+            kind="dit",
+            repo="Comfy-Org/Wan_2.2_ComfyUI_Repackaged",
+            files=("split_files/diffusion_models/wan2.2_i2v_low_noise_14B_fp16.safetensors",),
+            approx_bytes=int(28.6 * GB),
+            description="Wan 2.2 I2V A14B low-noise expert DiT (fp16)",
+        ),
+        ModelFile(
+            id="wan22-ti2v-5b-fp16",
+            kind="dit",
+            repo="Comfy-Org/Wan_2.2_ComfyUI_Repackaged",
+            files=("split_files/diffusion_models/wan2.2_ti2v_5B_fp16.safetensors",),
+            approx_bytes=int(10.0 * GB),
+            description="Wan 2.2 TI2V 5B DiT (fp16)",
+        ),
+        ModelFile(
             id="wan21-t2v-14b-fp8",
             kind="dit",
             repo="Comfy-Org/Wan_2.1_ComfyUI_repackaged",
@@ -71,6 +95,17 @@ MODEL_FILES: dict[str, ModelFile] = {
             files=("split_files/vae/wan_2.1_vae.safetensors",),
             approx_bytes=int(254 * MB),
             description="Wan 2.1 VAE (used by Wan 2.2 A14B too)",
+        ),
+        ModelFile(
+            id="wan22-vae",
+            kind="vae",
+            repo="Comfy-Org/Wan_2.2_ComfyUI_Repackaged",
+            files=("split_files/vae/wan2.2_vae.safetensors",),
+            # Size not confirmed (the file was not inspected): 704.7M parameters at 16 bits,
+            # as wan_2.1_vae.safetensors stores its 127M; an fp32 file is twice this,
+            # which the truncation check (a lower bound) accepts.
+            approx_bytes=int(1.41 * GB),
+            description="Wan 2.2 VAE (Wan 2.2 TI2V 5B only)",
         ),
         ModelFile(
             id="umt5-xxl-enc-bf16",

@@ -6,6 +6,10 @@ The demo and every test load these through the same loaders as the 14B files:
 - the umT5 encoder (.pth state dict, original Wan keys; d_model 64, 2 layers, 2 heads),
 - a tokenizer folder (a tiny sentencepiece unigram trained here, T5-style: pad 0, eos 1,
   unk 2), loadable with AutoTokenizer.from_pretrained.
+write_tiny_wan22_models adds the other Wan 2.2 tasks' files, same writer, same dims:
+- the two I2V-A14B experts (in 36 / out 16 channels) and the TI2V-5B DiT (in/out 48),
+- the Wan 2.2 VAE (bf16; z_dim 48, base widths 10 / 16 = the real 160 / 256 over 16).
+Every file has exactly the real file's key names (the first two blocks of a DiT).
 Everything is generated from a seed at run time; nothing binary lives in git.
 """
 
@@ -21,9 +25,12 @@ import torch
 from safetensors.torch import save_file
 
 from wanlora.fsutil import atomic_path
+from wanlora.models.files import DIT_TASKS
 
 TINY_DIT = dict(dim=256, ffn_dim=512, num_layers=2, text_dim=64, freq_dim=256, channels=16)
+TASK_CHANNELS = {task: channels for channels, task in DIT_TASKS.items()}  # (in, out)
 TINY_VAE_BASE_DIM = 8
+TINY_VAE22 = dict(base_dim=10, decoder_base_dim=16)
 TINY_UMT5 = dict(d_model=64, d_ff=128, num_heads=2, num_layers=2, num_buckets=32)
 TINY_VOCAB_SIZE = 600
 
@@ -35,6 +42,16 @@ class TinyModelPaths:
     vae: Path
     text_encoder: Path
     tokenizer: Path  # a folder
+
+
+@dataclass(frozen=True)
+class TinyWan22Paths:
+    """The tiny I2V-A14B experts, TI2V-5B DiT and Wan 2.2 VAE (text encoder: write_tiny_models)."""
+
+    i2v_high: Path
+    i2v_low: Path
+    ti2v: Path
+    vae22: Path
 
 
 def _random_tensor(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -60,20 +77,28 @@ def _random_state(
     return {n: _random_tensor(n, s, generator).to(dtype) for n, s in sorted(layout.items())}
 
 
-def tiny_dit_layout() -> dict[str, tuple[int, ...]]:
-    """Original-layout key -> shape of the tiny DiT."""
+def _write_safetensors(
+    path: Path, layout: dict[str, tuple[int, ...]], seed: int, dtype: torch.dtype
+) -> None:
+    with atomic_path(path) as tmp:
+        save_file(_random_state(layout, seed, dtype), str(tmp))
+
+
+def tiny_dit_layout(task: str = "t2v") -> dict[str, tuple[int, ...]]:
+    """Original-layout key -> shape of the tiny DiT of `task` ("t2v", "i2v" or "ti2v")."""
     from diffusers import WanTransformer3DModel
 
     from wanlora.models.assign import build_on_meta
     from wanlora.models.dit import WAN_HEAD_DIM, diffusers_key_to_wan
 
     c = TINY_DIT
+    in_channels, out_channels = TASK_CHANNELS[task]
     model = build_on_meta(
         lambda: WanTransformer3DModel(
             num_attention_heads=c["dim"] // WAN_HEAD_DIM,
             attention_head_dim=WAN_HEAD_DIM,
-            in_channels=c["channels"],
-            out_channels=c["channels"],
+            in_channels=in_channels,
+            out_channels=out_channels,
             text_dim=c["text_dim"],
             freq_dim=c["freq_dim"],
             ffn_dim=c["ffn_dim"],
@@ -93,6 +118,17 @@ def tiny_vae_layout() -> dict[str, tuple[int, ...]]:
         lambda: AutoencoderKLWan(base_dim=TINY_VAE_BASE_DIM, z_dim=LATENT_CHANNELS)
     )
     return {diffusers_vae_key_to_wan(n): tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def tiny_vae22_layout() -> dict[str, tuple[int, ...]]:
+    """Original-layout key -> shape of the tiny Wan 2.2 VAE."""
+    from diffusers import AutoencoderKLWan
+
+    from wanlora.models.assign import build_on_meta
+    from wanlora.models.vae22 import diffusers_vae22_key_to_wan, vae22_config
+
+    model = build_on_meta(lambda: AutoencoderKLWan(**vae22_config(**TINY_VAE22)))
+    return {diffusers_vae22_key_to_wan(n): tuple(p.shape) for n, p in model.named_parameters()}
 
 
 def tiny_umt5_layout(
@@ -197,13 +233,32 @@ def write_tiny_models(
     vocab_size = write_tiny_tokenizer(paths.tokenizer, seed)
 
     dit_layout = tiny_dit_layout()
-    for path, dit_seed in ((paths.dit_high, seed), (paths.dit_low, seed + 1)):
-        with atomic_path(path) as tmp:
-            save_file(_random_state(dit_layout, dit_seed, torch.float16), str(tmp))
-    with atomic_path(paths.vae) as tmp:
-        save_file(_random_state(tiny_vae_layout(), seed + 2, torch.bfloat16), str(tmp))
+    _write_safetensors(paths.dit_high, dit_layout, seed, torch.float16)
+    _write_safetensors(paths.dit_low, dit_layout, seed + 1, torch.float16)
+    _write_safetensors(paths.vae, tiny_vae_layout(), seed + 2, torch.bfloat16)
     with atomic_path(paths.text_encoder) as tmp:
         torch.save(
             _random_state(tiny_umt5_layout(vocab_size, text_dim), seed + 3, torch.bfloat16), tmp
         )
+    return paths
+
+
+def write_tiny_wan22_models(folder: str | Path, seed: int = 0) -> TinyWan22Paths:
+    """Write the tiny I2V-A14B experts, TI2V-5B DiT and Wan 2.2 VAE into `folder`.
+
+    Seeds differ from write_tiny_models' (seed + 10 ...), so no two files share weights.
+    The parity fixtures in tests/fixtures/ were computed on the files of seed 0."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = TinyWan22Paths(
+        i2v_high=folder / "wan2.2_i2v_high_noise_tiny_fp16.safetensors",
+        i2v_low=folder / "wan2.2_i2v_low_noise_tiny_fp16.safetensors",
+        ti2v=folder / "wan2.2_ti2v_tiny_fp16.safetensors",
+        vae22=folder / "wan2.2_vae_tiny.safetensors",
+    )
+    i2v_layout = tiny_dit_layout("i2v")
+    _write_safetensors(paths.i2v_high, i2v_layout, seed + 10, torch.float16)
+    _write_safetensors(paths.i2v_low, i2v_layout, seed + 11, torch.float16)
+    _write_safetensors(paths.ti2v, tiny_dit_layout("ti2v"), seed + 12, torch.float16)
+    _write_safetensors(paths.vae22, tiny_vae22_layout(), seed + 13, torch.bfloat16)
     return paths
