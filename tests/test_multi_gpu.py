@@ -25,7 +25,7 @@ from wanlora.run.experts import run_expert
 from wanlora.run.jobs import Job, plan_jobs
 from wanlora.run.training import run_training
 from wanlora.train.data_parallel import DataParallel
-from wanlora.train.state import latest_state_dir, read_state_meta
+from wanlora.train.state import latest_state_dir, read_state_meta, read_trainer_state
 
 CPU2 = ["cpu", "cpu"]
 
@@ -202,8 +202,8 @@ def test_data_parallel_equals_one_process_with_n_times_the_accumulation(project_
     assert dp_meta["ss_steps"] == ref_meta["ss_steps"] == "9"
     assert dp_meta["ss_gradient_accumulation_steps"] == "2"
     # the random stream ended in the same place: every batch drew the noise it draws alone
-    dp_trainer = torch.load(dp_state / "trainer.pt", weights_only=False)
-    ref_trainer = torch.load(ref_state / "trainer.pt", weights_only=False)
+    dp_trainer = read_trainer_state(dp_state)
+    ref_trainer = read_trainer_state(ref_state)
     assert torch.equal(dp_trainer["generator"], ref_trainer["generator"])
     # and that one-process state resumes the data-parallel run's settings (same recipe hash)
     assert read_state_meta(dp_state).recipe_hash == read_state_meta(ref_state).recipe_hash

@@ -21,6 +21,7 @@ import torch
 from test_reliability_zygote import Zygote
 from wanlora.demo import create_demo_project
 from wanlora.lora.file import read_lora_file
+from wanlora.train.state import read_trainer_state
 
 IMAGES = 6  # 6 steps per expert per epoch
 SEED = int(os.environ.get("WANLORA_FAULT_SEED", "20251125"))
@@ -51,11 +52,12 @@ def check_no_half_state(root: Path) -> None:
         for state in expert_dir.glob("step-*"):
             assert {p.name for p in state.iterdir()} == {
                 "lora.safetensors",
-                "trainer.pt",
+                "trainer.safetensors",
+                "trainer.json",
                 "meta.json",
             }, state
             read_lora_file(state / "lora.safetensors")
-            torch.load(state / "trainer.pt", weights_only=False)
+            read_trainer_state(state)
     for lora in (root / "output").glob("*.safetensors"):
         read_lora_file(lora)
 

@@ -5,16 +5,21 @@ Unless the environment variable WANLORA_FAULT_AT is set, a call is one dict look
 nothing. WANLORA_FAULT_AT holds comma-separated rules `NAME[GLOB]:N[:ACTION]`:
 
     NAME    the point: cache_write (after a cache entry is written, build.py), step (after an
-            optimiser step, loop.py), state_write (a state folder half written: trainer.pt
-            there, meta.json not yet, state.py), atomic_write (a temporary file fully
-            written, not yet renamed over its target, fsutil.py), model_load (a DiT loaded
-            and prepared for training, train/setup.py)
+            optimiser step, loop.py), state_write (a state folder half written: the LoRA and
+            trainer files there, meta.json not yet, state.py), atomic_write (a temporary file
+            fully written, not yet renamed over its target, fsutil.py), model_load (a DiT
+            loaded and prepared for training, train/setup.py)
     GLOB    optional fnmatch pattern on the path passed with the point, e.g.
             atomic_write[*Noise*]:1 hits the first LoRA file written, not cache entries
     N       act at the N-th matching call in this process (1-based)
     ACTION  kill (default: SIGKILL this process, like a preempted machine), enospc (raise
-            OSError(ENOSPC), like a full disk) or oom (raise torch.OutOfMemoryError, like a
-            GPU that another program fills)
+            OSError(ENOSPC), like a full disk), oom (raise torch.OutOfMemoryError, like a
+            GPU that another program fills), sigint (send this process SIGINT, like Ctrl-C)
+            or sigterm (send it SIGTERM, like a scheduler's stop or `kill`)
+
+sigint and sigterm are delivered to this process and `point` returns: what happens next is
+up to the process's signal handlers (Python's default for SIGINT raises KeyboardInterrupt at
+the next bytecode; the default for SIGTERM ends the process), as with a signal from outside.
 
 Example: WANLORA_FAULT_AT="state_write:2" kills `wanlora train` half-way through its second
 state save. Counters are per process, so a resumed run counts from zero again.
@@ -29,7 +34,9 @@ import re
 import signal
 
 ENV = "WANLORA_FAULT_AT"
-_RULE = re.compile(r"(\w+)(?:\[([^\]]+)\])?:(\d+)(?::(kill|enospc|oom))?")
+_ACTIONS = ("kill", "enospc", "oom", "sigint", "sigterm")
+_RULE = re.compile(rf"(\w+)(?:\[([^\]]+)\])?:(\d+)(?::({'|'.join(_ACTIONS)}))?")
+_SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
 _counts: dict[int, int] = {}
 _rules: list[tuple[str, str | None, int, str]] | None = None
 
@@ -39,7 +46,9 @@ def _parse(spec: str) -> list[tuple[str, str | None, int, str]]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         m = _RULE.fullmatch(part)
         if m is None:
-            raise ValueError(f"{ENV}: bad rule {part!r} (expected NAME[GLOB]:N[:kill|enospc|oom])")
+            raise ValueError(
+                f"{ENV}: bad rule {part!r} (expected NAME[GLOB]:N[:{'|'.join(_ACTIONS)}])"
+            )
         rules.append((m[1], m[2], int(m[3]), m[4] or "kill"))
     return rules
 
@@ -64,6 +73,9 @@ def point(name: str, path: os.PathLike | str | None = None) -> None:
             import torch
 
             raise torch.OutOfMemoryError(f"CUDA out of memory ({ENV}: {name}:{n}:oom)")
+        if action in _SIGNALS:
+            os.kill(os.getpid(), _SIGNALS[action])
+            return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

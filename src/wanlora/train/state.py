@@ -8,6 +8,20 @@ Where a run starts (`start_point`: fresh, resumed, or already done) is decided f
 folders and the LoRA file before any heavy work; the run layer asks, then hands the state
 folder to train_expert, which loads it (`load_state`) and checks it is this run's
 (`check_resume`: same dataset, same training settings).
+
+A state folder holds:
+
+    lora.safetensors     the LoRA tensors (fp32)
+    trainer.safetensors  every tensor of the optimiser, scheduler, loss scaler and RNGs
+    trainer.json         everything else about them, tensors named by {"$tensor": "<name>"}
+    meta.json            TrainState; written last, so its presence marks a complete state
+
+Reading a state runs no code: only safetensors and JSON are parsed, never a pickle. A state
+folder copied from elsewhere can at worst hold wrong numbers, not a program. trainer.json
+keeps what JSON cannot say in one-key objects: {"$tuple": [...]} (optimiser betas, Python's
+random state), {"$int_keys": {"0": ...}} (the optimiser's per-parameter state). Python floats
+are written with repr, which reads back bit for bit. A folder with a trainer.pt (the pickle of
+earlier versions) is refused unread.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from .. import faults
 from ..errors import WanloraError
@@ -32,6 +47,13 @@ from ..recipes.schema import RecipeConfig
 
 KEEP_STATES = 2
 _STATE_PREFIX = "step-"
+TRAINER_TENSORS = "trainer.safetensors"
+TRAINER_JSON = "trainer.json"
+_TRAINER_FORMAT = 1
+_TRAINER_PARTS = {"optimizer", "scheduler", "scaler", "generator", "torch_rng", "python_rng"}
+_UNSAFE_OLD_FILE = "trainer.pt"  # earlier versions' torch pickle: never read
+# one-key objects in trainer.json for what JSON has no type for
+_TENSOR, _TUPLE, _INT_KEYS = "$tensor", "$tuple", "$int_keys"
 
 
 @dataclass
@@ -145,19 +167,10 @@ def save_state(
     tmp.mkdir()
     try:
         save_lora_file(tmp / "lora.safetensors", lora_tensors, {})
-        with open(tmp / "trainer.pt", "wb") as f:  # a file object: a full disk stays an OSError
-            torch.save(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "numpy_rng": np.random.get_state(),
-                    "python_rng": random.getstate(),
-                },
-                f,
-            )
+        tensors: dict[str, torch.Tensor] = {}
+        trainer = _encode(_trainer_state(optimizer, scheduler, scaler, generator), "", tensors)
+        save_file(tensors, tmp / TRAINER_TENSORS)  # a full disk: "os error 28", is_disk_full
+        _write_json(tmp / TRAINER_JSON, {"format": _TRAINER_FORMAT, **trainer})
         faults.point("state_write", tmp)  # test hook (faults.py): inert unless asked
         _write_json(tmp / "meta.json", state.__dict__)  # written last: marks completeness
         _fsync_tree(tmp)
@@ -185,23 +198,60 @@ def load_state(
     scaler: torch.amp.GradScaler,
     generator: torch.Generator,
 ) -> tuple[TrainState, dict[str, torch.Tensor]]:
+    trainer = read_trainer_state(state_dir)  # first: refuses an unsafe folder unread
     try:
         meta = json.loads((state_dir / "meta.json").read_text(encoding="utf-8"))
         tensors, _ = read_lora_file(state_dir / "lora.safetensors")
-        trainer = torch.load(state_dir / "trainer.pt", weights_only=False, map_location="cpu")
+        state = TrainState(**meta)
+        # a tampered trainer.json can parse and still not fit: that is unreadable too
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        scaler.load_state_dict(trainer["scaler"])
+        generator.set_state(trainer["generator"])
+        torch.set_rng_state(trainer["torch_rng"])
+        np.random.set_state(trainer["numpy_rng"])
+        random.setstate(trainer["python_rng"])
     except Exception as exc:
+        raise _unreadable(state_dir, exc) from None
+    return state, tensors
+
+
+def read_trainer_state(state_dir: Path) -> dict:
+    """The optimiser, scheduler, scaler and RNG states of a state folder, as their objects'
+    own state_dict()/get_state() gave them (numpy_rng: np.random.get_state()'s tuple).
+
+    Parses only trainer.safetensors and trainer.json; a folder with an earlier version's
+    trainer.pt (a pickle, which could run code when read) is refused without opening it.
+    """
+    if (state_dir / _UNSAFE_OLD_FILE).exists():
         raise WanloraError(
-            f"{state_dir}: resume state is unreadable ({type(exc).__name__})",
-            "delete this folder to resume from the previous state, or train with --restart",
-        ) from None
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    scaler.load_state_dict(trainer["scaler"])
-    generator.set_state(trainer["generator"])
-    torch.set_rng_state(trainer["torch_rng"])
-    np.random.set_state(trainer["numpy_rng"])
-    random.setstate(trainer["python_rng"])
-    return TrainState(**meta), tensors
+            f"{state_dir}: resume state is in an older, unsafe format ({_UNSAFE_OLD_FILE}, "
+            "a pickle that could run code); it is not read",
+            "train with --restart (or delete the folder) to start over",
+        )
+    try:
+        stored = load_file(state_dir / TRAINER_TENSORS, device="cpu")
+        data = json.loads((state_dir / TRAINER_JSON).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.pop("format", None) != _TRAINER_FORMAT:
+            raise ValueError(f"{TRAINER_JSON}: not format {_TRAINER_FORMAT}")
+        used: set[str] = set()
+        trainer = _decode(data, stored, used)
+        if used != stored.keys():
+            raise ValueError(f"{TRAINER_TENSORS}: tensors that {TRAINER_JSON} does not name")
+        numpy_rng = trainer["numpy_rng"]
+        trainer["numpy_rng"] = (
+            numpy_rng["bit_generator"],
+            numpy_rng["key"].numpy().astype(np.uint32),
+            numpy_rng["pos"],
+            numpy_rng["has_gauss"],
+            numpy_rng["cached_gaussian"],
+        )
+        missing = _TRAINER_PARTS - trainer.keys()  # unreadable now, not a KeyError later
+        if missing:
+            raise KeyError(f"{TRAINER_JSON}: no {sorted(missing)}")
+    except Exception as exc:
+        raise _unreadable(state_dir, exc) from None
+    return trainer
 
 
 def clear_states(output_dir: Path, expert: str) -> None:
@@ -216,6 +266,80 @@ def clear_states(output_dir: Path, expert: str) -> None:
 
 def read_state_meta(state_dir: Path) -> TrainState:
     return TrainState(**json.loads((state_dir / "meta.json").read_text(encoding="utf-8")))
+
+
+def _unreadable(state_dir: Path, exc: Exception) -> WanloraError:
+    return WanloraError(
+        f"{state_dir}: resume state is unreadable ({type(exc).__name__})",
+        "delete this folder to resume from the previous state, or train with --restart",
+    )
+
+
+def _trainer_state(optimizer, scheduler, scaler, generator) -> dict:
+    bit_generator, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": {
+            "bit_generator": str(bit_generator),
+            "key": torch.from_numpy(key.astype(np.int64)),  # uint32 words, int64: exact
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "python_rng": random.getstate(),
+    }
+
+
+def _encode(value, path: str, tensors: dict[str, torch.Tensor]):
+    """JSON for `value`; its tensors go into `tensors`, named by where they sit."""
+    if isinstance(value, torch.Tensor):
+        name = path if path not in tensors else f"{path}#{len(tensors)}"
+        tensors[name] = value.detach().cpu().contiguous()
+        return {_TENSOR: name}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_encode(v, _at(path, i), tensors) for i, v in enumerate(value)]
+        return {_TUPLE: items} if isinstance(value, tuple) else items
+    if isinstance(value, dict):
+        keys = list(value)
+        if keys and all(type(k) is int for k in keys):
+            return {
+                _INT_KEYS: {str(k): _encode(v, _at(path, k), tensors) for k, v in value.items()}
+            }
+        if all(isinstance(k, str) and not k.startswith("$") for k in keys):
+            return {k: _encode(v, _at(path, k), tensors) for k, v in value.items()}
+    raise TypeError(f"a resume state cannot hold {type(value).__name__} (at '{path}')")
+
+
+def _at(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _decode(value, tensors: dict[str, torch.Tensor], used: set[str]):
+    """The inverse of _encode: plain JSON data and the file's tensors, nothing else."""
+    if isinstance(value, list):
+        return [_decode(v, tensors, used) for v in value]
+    if not isinstance(value, dict):
+        return value
+    tagged = [k for k in value if k.startswith("$")]
+    if not tagged:
+        return {k: _decode(v, tensors, used) for k, v in value.items()}
+    if len(value) != 1:
+        raise ValueError(f"{TRAINER_JSON}: a tag {tagged[0]!r} beside other keys")
+    tag, inner = next(iter(value.items()))
+    if tag == _TENSOR and isinstance(inner, str):
+        used.add(inner)
+        return tensors[inner]
+    if tag == _TUPLE and isinstance(inner, list):
+        return tuple(_decode(v, tensors, used) for v in inner)
+    if tag == _INT_KEYS and isinstance(inner, dict):
+        return {int(k): _decode(v, tensors, used) for k, v in inner.items()}
+    raise ValueError(f"{TRAINER_JSON}: unknown or malformed {tag!r}")
 
 
 def _prune(root: Path) -> None:
