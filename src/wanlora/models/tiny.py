@@ -60,8 +60,8 @@ def _random_state(
     return {n: _random_tensor(n, s, generator).to(dtype) for n, s in sorted(layout.items())}
 
 
-def tiny_dit_layout() -> dict[str, tuple[int, ...]]:
-    """Original-layout key -> shape of the tiny DiT."""
+def tiny_dit_layout(num_layers: int = TINY_DIT["num_layers"]) -> dict[str, tuple[int, ...]]:
+    """Original-layout key -> shape of the tiny DiT (`num_layers` transformer blocks)."""
     from diffusers import WanTransformer3DModel
 
     from wanlora.models.assign import build_on_meta
@@ -77,10 +77,19 @@ def tiny_dit_layout() -> dict[str, tuple[int, ...]]:
             text_dim=c["text_dim"],
             freq_dim=c["freq_dim"],
             ffn_dim=c["ffn_dim"],
-            num_layers=c["num_layers"],
+            num_layers=num_layers,
         )
     )
     return {diffusers_key_to_wan(n): tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def write_tiny_dit(path: str | Path, seed: int = 0, num_layers: int = TINY_DIT["num_layers"]) -> Path:
+    """One tiny DiT expert file (fp16, original Wan keys), e.g. deeper than the demo's two
+    blocks for tests that need several blocks (block swap)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(_random_state(tiny_dit_layout(num_layers), seed, torch.float16), str(tmp))
+    return path
 
 
 def tiny_vae_layout() -> dict[str, tuple[int, ...]]:
