@@ -83,7 +83,9 @@ def tiny_dit_layout(num_layers: int = TINY_DIT["num_layers"]) -> dict[str, tuple
     return {diffusers_key_to_wan(n): tuple(p.shape) for n, p in model.named_parameters()}
 
 
-def write_tiny_dit(path: str | Path, seed: int = 0, num_layers: int = TINY_DIT["num_layers"]) -> Path:
+def write_tiny_dit(
+    path: str | Path, seed: int = 0, num_layers: int = TINY_DIT["num_layers"]
+) -> Path:
     """One tiny DiT expert file (fp16, original Wan keys), e.g. deeper than the demo's two
     blocks for tests that need several blocks (block swap)."""
     path = Path(path)

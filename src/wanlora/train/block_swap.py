@@ -112,7 +112,9 @@ def _unpin(views: list[torch.Tensor]) -> None:
         torch.cuda.cudart().cudaHostUnregister(view.data_ptr())
 
 
-def _views(region: torch.Tensor, offsets: list[int], like: list[torch.Tensor]) -> list[torch.Tensor]:
+def _views(
+    region: torch.Tensor, offsets: list[int], like: list[torch.Tensor]
+) -> list[torch.Tensor]:
     out = []
     for off, w in zip(offsets, like, strict=True):
         n = w.numel() * w.element_size()
@@ -220,7 +222,11 @@ class BlockSwap:
     # --- sizes, for plans and logs ------------------------------------------------------------
     @property
     def block_bytes(self) -> int:
-        return sum(h.numel() * h.element_size() for h in self._host[self.indices[0]]) if self.indices else 0
+        return (
+            sum(h.numel() * h.element_size() for h in self._host[self.indices[0]])
+            if self.indices
+            else 0
+        )
 
     @property
     def host_bytes(self) -> int:
@@ -289,9 +295,7 @@ class BlockSwap:
         for b in blocks:
             if b in held:
                 continue
-            victim = min(
-                (s for s in self._slots if s.block not in blocks), key=lambda s: s.used
-            )
+            victim = min((s for s in self._slots if s.block not in blocks), key=lambda s: s.used)
             self._load(b, victim)
             held[b] = victim
 

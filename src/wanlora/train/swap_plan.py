@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from .acceleration import (
-    GiB,
     DitShape,
+    GiB,
     SpeedPlan,
     min_budget_bytes,
     plan_speed,
@@ -121,7 +121,11 @@ class SwapPlan(SpeedPlan):
             what += f" ({self.why_not})"
         fix = "raise --max-vram / training.max_vram_gb, or lower dataset.resolution or batch_size"
         if self.why_not:
-            fix = 'set training.checkpointing = "auto" or "full" so blocks can stream, or ' + fix[0].lower() + fix[1:]
+            fix = (
+                'set training.checkpointing = "auto" or "full" so blocks can stream, or '
+                + fix[0].lower()
+                + fix[1:]
+            )
         return what, fix
 
 
@@ -183,7 +187,13 @@ def plan_with_swap(
     Swapping needs recompute: with training.checkpointing = "none" nothing is streamed.
     """
     base = plan_speed(
-        training, device, compute_dtype, tokens=tokens, shape=shape, free_bytes=free_bytes, rank=rank
+        training,
+        device,
+        compute_dtype,
+        tokens=tokens,
+        shape=shape,
+        free_bytes=free_bytes,
+        rank=rank,
     )
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(SpeedPlan)}
     n = shape.num_layers
@@ -191,7 +201,9 @@ def plan_with_swap(
         return SwapPlan(**fields, ring=ring)
     if base.checkpointing == "none":
         return SwapPlan(
-            **fields, ring=ring, why_not='training.checkpointing = "none": streamed blocks must recompute'
+            **fields,
+            ring=ring,
+            why_not='training.checkpointing = "none": streamed blocks must recompute',
         )
     weight_bytes = 4 if compute_dtype == torch.float32 else 2
     fp8 = base.fp8_storage
@@ -238,4 +250,3 @@ def host_load_peak_bytes(shape: DitShape, plan: SwapPlan, weight_bytes: int = 2)
     linear = shape.linear_weights * (1 if plan.fp8_storage else weight_bytes)
     model = linear + shape.other16_weights * weight_bytes + shape.float32_weights * 4
     return max(plan.host_bytes or 0, HOST_BASE_BYTES + model + plan.block_bytes)
-
