@@ -5,6 +5,8 @@ block cannot meet is refused with a clear message."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -121,12 +123,17 @@ def test_streamed_bytes_match_what_block_swap_moves(tmp_path):
     from wanlora.models import load_dit
     from wanlora.models.tiny import write_tiny_dit
     from wanlora.train.acceleration import prepare_base
-    from wanlora.train.block_swap import BlockSwap
+    from wanlora.train.block_swap import install_block_swap
 
     path = write_tiny_dit(tmp_path / "dit.safetensors", num_layers=4)
     shape = DitShape.from_header(path)
     model, _ = load_dit(path, dtype=torch.float8_e4m3fn, fp8_round=True)
     prepare_base(model, SpeedPlan(torch.bfloat16, True, False, False, "full"))
-    swap = BlockSwap(model, [0, 1, 2, 3], "cpu")
+    training = load_recipe("wan22-t2v").training.model_copy(update={"max_vram_gb": 8})
+    plan = plan_with_swap(training, CUDA, torch.bfloat16, tokens=64, shape=shape)
+    assert install_block_swap(model, plan, "cpu") is None  # the tiny model fits: no swap
+    plan = dataclasses.replace(plan, swap_indices=(0, 1, 2, 3), blocks_swapped=4)
+    swap = install_block_swap(model, plan, "cpu")
+    assert swap.indices == [0, 1, 2, 3] and swap.ring == plan.ring == 2
     assert swap.block_bytes == streamed_block_bytes(shape)
     assert h2d_bytes_per_step(4, swap.block_bytes) == 2 * 2 * swap.block_bytes

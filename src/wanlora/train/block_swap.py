@@ -39,11 +39,13 @@ activations could hold its weights (a compiled block may save the fp8 input itse
 backward reaches it, long after the ring moved on. The model's forward pre-hook refuses a
 grad-enabled forward whose swapped blocks are not checkpointed.
 
-torch.compile: each block is compiled in place (`block.compile()` compiles `_call_impl`, hooks
-included); the block hooks are `torch.compiler.disable`d so they run eagerly. Dynamo does not
-guard on hooks: install the swap before the first forward of a compiled block. Slot tensors
-have the weights' shapes, dtypes and strides, so re-pointing `param.data` between calls
-changes no guard (no recompiles).
+torch.compile: each block is compiled in place (`block.compile()` compiles `_call_impl`, the
+module's hooks included); the block hooks are `torch.compiler.disable`d, so they run eagerly
+either way. Dynamo does not guard on hooks: install the swap before the first forward of a
+compiled block. Slot tensors have the weights' shapes, dtypes and strides, so re-pointing
+`param.data` between calls changes no guard: no recompiles (checked on the CPU with inductor
+and with the min-cut partitioner, tests/test_block_swap.py: bit-identical to compiled
+resident blocks).
 
 CUDA graphs: a swapped step is not graphed (its blocks recompute; the ring's Python-side
 bookkeeping and the `param.data` re-pointing happen between kernels).
@@ -340,6 +342,26 @@ class BlockSwap:
         self._regions.clear()
         if getattr(self.model, "wanlora_block_swap", None) is self:
             self.model.wanlora_block_swap = None
+
+
+def install_block_swap(model: nn.Module, plan, device: torch.device) -> BlockSwap | None:
+    """The swap a plan asks for (swap_plan.SwapPlan: `swap_indices`, `ring`), or None.
+
+    Call after prepare_base, add_lora and prepare_for_speed (which must recompute every
+    swapped block) and before the first forward; the optimiser may be made before or after
+    (parameters keep their identity)."""
+    indices = list(getattr(plan, "swap_indices", ()))
+    if not indices:
+        return None
+    swap = BlockSwap(model, indices, device, ring=plan.ring)
+    log.info(
+        "block swap: %d/%d blocks streamed from host memory (%.1f GiB pinned, %d GPU slots)",
+        len(indices),
+        len(model.blocks),
+        swap.host_bytes / 2**30,
+        swap.ring,
+    )
+    return swap
 
 
 def _move_resident(model: nn.Module, device: torch.device, streamed: set[int]) -> None:
