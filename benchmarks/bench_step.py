@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -112,6 +113,26 @@ VARIANTS["exact-foreach"] = dict(
 )
 VARIANTS["fast-foreach"] = dict(
     VARIANTS["fast-nograph"], foreach=True, desc="FAST, eager step, foreach AdamW"
+)
+# Block swap (issue 23; benchmarks/reference_swap.py): planned for a 16 / 12 / 8 GiB card,
+# built uncapped, then capped at that budget once the streamed blocks are in host memory (so
+# these ignore --max-vram). "reference-swapN": the reference port (layerwise fp8 hooks, eager)
+# with a reference-like synchronous swap of its last N blocks, the reference trainer's
+# --blocks_to_swap at each of those budgets.
+for _gib, _blocks in ((16, 16), (12, 27), (8, 38)):
+    VARIANTS[f"exact-swap{_gib}"] = dict(
+        VARIANTS["exact-lowmem"],
+        checkpointing="auto",
+        swap_budget=_gib,
+        desc=f"exact, planned for {_gib} GiB: blocks streamed from host memory, compiled",
+    )
+    VARIANTS[f"reference-swap{_blocks}"] = dict(
+        reference_swap=_blocks,
+        swap_budget=_gib,
+        desc=f"direct port + reference-like synchronous swap of {_blocks} blocks, eager",
+    )
+VARIANTS["exact-swap-eager"] = dict(
+    VARIANTS["exact-swap8"], compile="off", desc="exact swap, eager (smoke test)"
 )
 DEFAULT_ORDER = ["reference", "exact-lowmem", "exact", "fast", "fast-lowmem", "exact-eager"]
 
@@ -217,6 +238,10 @@ def run_variant(
     from wanlora.train.speed.prepare import prepare_base, prepare_for_speed
 
     spec = VARIANTS[name]
+    if "swap_budget" in spec:  # block swap: builds, caps and times itself
+        return _reference_swap().run_swap_variant(
+            types.SimpleNamespace(**globals()), name, cfg, device, warmup, steps
+        )
     recipe = load_recipe("wan22-t2v")
     dtype = torch.float16
     expert = recipe.experts["low"]
@@ -300,6 +325,15 @@ def run_variant(
         if plan.predicted_peak is not None:
             result["predicted_peak_gib"] = plan.predicted_peak / 2**30
     return result
+
+
+def _reference_swap():
+    """benchmarks/reference_swap.py (this script may run as __main__ or be loaded by path)."""
+    if str(Path(__file__).parent) not in sys.path:
+        sys.path.insert(0, str(Path(__file__).parent))
+    import reference_swap
+
+    return reference_swap
 
 
 def _steps(
@@ -536,6 +570,10 @@ def loss_diffs(results: list[dict]) -> str:
         ("reference", "exact"),
         ("reference", "exact-lowmem"),
         ("exact-eager", "exact-lowmem"),
+        ("exact-lowmem", "exact-swap16"),  # the same plan with blocks streamed: bit-identical
+        ("exact-lowmem", "exact-swap12"),
+        ("exact-lowmem", "exact-swap8"),
+        ("reference", "reference-swap16"),
     ]:
         if a in by and b in by:
             la, lb = torch.tensor(by[a]["losses"]), torch.tensor(by[b]["losses"])

@@ -84,8 +84,11 @@ def _write_safetensors(
         save_file(_random_state(layout, seed, dtype), str(tmp))
 
 
-def tiny_dit_layout(task: str = "t2v") -> dict[str, tuple[int, ...]]:
-    """Original-layout key -> shape of the tiny DiT of `task` ("t2v", "i2v" or "ti2v")."""
+def tiny_dit_layout(
+    task: str = "t2v", num_layers: int = TINY_DIT["num_layers"]
+) -> dict[str, tuple[int, ...]]:
+    """Original-layout key -> shape of the tiny DiT of `task` ("t2v", "i2v" or "ti2v"),
+    `num_layers` transformer blocks."""
     from diffusers import WanTransformer3DModel
 
     from wanlora.models.assign import build_on_meta
@@ -102,10 +105,21 @@ def tiny_dit_layout(task: str = "t2v") -> dict[str, tuple[int, ...]]:
             text_dim=c["text_dim"],
             freq_dim=c["freq_dim"],
             ffn_dim=c["ffn_dim"],
-            num_layers=c["num_layers"],
+            num_layers=num_layers,
         )
     )
     return {diffusers_key_to_wan(n): tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def write_tiny_dit(
+    path: str | Path, seed: int = 0, num_layers: int = TINY_DIT["num_layers"]
+) -> Path:
+    """One tiny DiT expert file (fp16, original Wan keys), e.g. deeper than the demo's two
+    blocks for tests that need several blocks (block swap)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(_random_state(tiny_dit_layout(num_layers=num_layers), seed, torch.float16), str(tmp))
+    return path
 
 
 def tiny_vae_layout() -> dict[str, tuple[int, ...]]:
