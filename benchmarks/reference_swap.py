@@ -110,7 +110,9 @@ def run_swap_variant(bench, name: str, cfg: dict, device: torch.device, warmup: 
     tokens = (cfg["latent"] // 2) ** 2
     cuda = device.type == "cuda"
     if cuda:  # built uncapped, capped once the swapped blocks have left the GPU
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(
+            1.0, device.index if device.index is not None else torch.cuda.current_device()
+        )
         torch.cuda.empty_cache()
     t0 = time.perf_counter()
     plan = swap = None

@@ -27,6 +27,7 @@ from wanlora.models.registry import MODEL_FILES
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project, load_recipe
 from wanlora.train.speed.memory_plan import MARGIN_FRACTION, WAN_14B
+from wanlora.train.speed.swap_plan import SWAP_RING
 
 GB = 1000**3
 
@@ -197,12 +198,15 @@ def test_vram_estimate_is_plain_arithmetic():
     params = dit_params(Path(dit.files[0]), dit.approx_bytes)
     assert params == dit.approx_bytes / 2  # fp16 file: 2 bytes per parameter
     need = estimate_vram_bytes(wan22, params)
-    # the planner's smallest plan (fp8 storage, every block recomputed): 17.7 GiB + margin
-    assert 20 * GB < need < 26 * GB
+    # the planner's smallest plan (fp8 storage, every block recomputed and streamed from host
+    # memory: benchmarks/RESULTS.md measured 6.2 GiB at 37/40 streamed) + margin
+    assert 6 * GB < need < 9 * GB
     no_fp8 = wan22.model_copy(deep=True)
-    no_fp8.training.fp8_base = False  # the block linears in 16 bits: +1 byte each (+ margin)
-    extra = WAN_14B.linear_weights / (1 - MARGIN_FRACTION)
-    assert estimate_vram_bytes(no_fp8, params) - need == pytest.approx(extra, rel=1e-3)
+    no_fp8.training.fp8_base = False  # the block linears in 16 bits: +1 byte each (+ margin),
+    # and with every block streamed only the GPU ring's blocks hold them
+    ring_linears = SWAP_RING * WAN_14B.linear_weights / WAN_14B.num_layers
+    extra = estimate_vram_bytes(no_fp8, params) - need
+    assert ring_linears <= extra <= 2 * ring_linears / (1 - MARGIN_FRACTION)
 
 
 def test_cli_json_and_exit_codes(tmp_path, project):

@@ -245,12 +245,14 @@ def test_doctor_names_the_plan(project):
     assert "0/40 blocks recomputed" in roomy.detail and "CUDA-graphed steps" in roomy.detail
 
 
-def test_doctor_fails_a_budget_too_small(project):
+def test_doctor_streams_blocks_below_the_resident_plans_and_fails_a_budget_too_small(project):
     from wanlora.doctor import run_doctor
 
     place_registry_files(project)
     row = check(run_doctor(set_budget(project, "max_vram_gb = 16")), "speed plan")
-    assert row.status == "FAIL" and "19." in row.detail and "block swapping" in row.fix
+    assert row.status == "ok" and "blocks streamed from host memory" in row.detail
+    row = check(run_doctor(set_budget(project, "max_vram_gb = 4")), "speed plan")
+    assert row.status == "FAIL" and "does not fit" in row.detail and "resolution" in row.fix
 
 
 def test_doctor_without_gpu_or_budget_warns(project):

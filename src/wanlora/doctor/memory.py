@@ -14,9 +14,9 @@ from ..train.speed.memory_plan import (
     DitShape,
     GiB,
     min_budget_bytes,
-    plan_speed,
     tokens_for_resolution,
 )
+from ..train.speed.swap_plan import plan_with_swap
 from .report import CPU_MAX_DIT_BYTES, ESTIMATE_HEADROOM, DoctorReport
 
 
@@ -54,14 +54,13 @@ def _dtype(config: RecipeConfig):
 
 
 def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str = "cuda"):
-    """The SpeedPlan `wanlora train` makes for this config (speed.memory_plan.plan_speed)."""
-
+    """The plan `wanlora train` makes for this config (train/setup.speed_plan: storage,
+    recompute, compile, blocks streamed from host memory)."""
     tokens = tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size
-    return plan_speed(
+    return plan_with_swap(
         config.training,
         torch.device(device),
         _dtype(config),
-        weight_count=shape.weight_count,
         tokens=tokens,
         shape=shape,
         free_bytes=free_bytes,
@@ -93,11 +92,11 @@ def smallest_need(config: RecipeConfig, shape) -> int:
 def estimate_vram_bytes(config: RecipeConfig, params: float) -> int:
     """GPU memory (bytes) one expert's training needs at least, from the planner's memory model.
 
-    The smallest speed plan the settings allow (fp8 storage with fp8_base, every block
-    recomputed with gradient checkpointing) for a DiT of `params` parameters (the 14B shape,
-    scaled), at the dataset's resolution and batch size, plus the planner's margin.
-    Example: Wan 2.2 recipe (14B, fp8 base, rank 16, 960x960) -> 17.7 GiB + margin = 19.2 GiB.
-    The caching phase (umT5 encoder, ~11 GB in bf16) happens before and peaks lower.
+    The smallest plan the settings allow (fp8 storage with fp8_base, every block recomputed
+    with gradient checkpointing, every block streamed from host memory) for a DiT of `params`
+    parameters (the 14B shape, scaled), at the dataset's resolution and batch size, plus the
+    planner's margin. Example: Wan 2.2 recipe (14B, fp8 base, rank 16, 960x960) -> ~7.2 GB.
+    The caching phase (umT5 encoder, ~11 GB in bf16) happens before, on the same device.
     """
     return smallest_need(config, dit_shape(Path("unknown.safetensors"), int(params * 2)))
 
@@ -131,8 +130,7 @@ def check_plan(report: DoctorReport, config: RecipeConfig, shape, dit_bytes: int
             "speed plan",
             "FAIL",
             f"{detail}: does not fit; the smallest plan needs ~{need:.1f} GiB",
-            "use a card with more memory, lower dataset.resolution or batch_size "
-            "(block swapping to host memory is not implemented)",
+            "use a card with more memory, or lower dataset.resolution or batch_size",
         )
     elif budget is not None and free is not None and budget * GiB > free:
         report.add(

@@ -1,7 +1,8 @@
 """Setting up one expert's training, one named part at a time (the loop calls them in order).
 
     load_expert_model  the expert's DiT (fp8-rounded like the reference), its speed plan
-                       (speed/), the LoRA
+                       (speed/: storage, recompute, compile, and below the budget of the
+                       weights the blocks streamed from host memory), the LoRA
     make_optimizer     AdamW over the LoRA parameters
     make_grad_scaler   loss scaling for fp16, its scale set up now
     start_state        a fresh TrainState, or the resume state loaded and checked
@@ -26,16 +27,11 @@ from ..models.registry import resolve_model_path
 from ..recipes import Project
 from ..recipes.schema import OptimizerSettings, RecipeConfig
 from .failures import out_of_memory
+from .speed.block_swap import install_block_swap
 from .speed.cuda_graph import GraphedStep, set_capturable, why_not_graphed
-from .speed.memory_plan import (
-    DitShape,
-    GiB,
-    SpeedPlan,
-    min_budget_bytes,
-    plan_speed,
-    tokens_for_resolution,
-)
+from .speed.memory_plan import DitShape, tokens_for_resolution
 from .speed.prepare import prepare_base, prepare_for_speed
+from .speed.swap_plan import SwapPlan, plan_with_swap
 from .state import TrainingParts, TrainState, check_resume, load_state
 from .step import prediction_loss
 
@@ -58,13 +54,17 @@ def load_expert_model(
     )
     plan = speed_plan(config, device, dtype, dit_path)
     check_plan_fits(plan, config.training.max_vram_gb, expert)
+    # streamed blocks never go to the GPU whole: the model is built on the CPU (the file is
+    # mmapped, so only the fp8 copies take host memory) and the swap moves the rest over
+    load_device = torch.device("cpu") if plan.swap_indices else device
     try:
         model, _info = load_dit(
-            dit_path, dtype=plan.load_dtype, device=device, fp8_round=config.training.fp8_base
+            dit_path, dtype=plan.load_dtype, device=load_device, fp8_round=config.training.fp8_base
         )
         prepare_base(model, plan)
         add_lora(model, config.lora)
         prepare_for_speed(model, plan, device)
+        install_block_swap(model, plan, device)  # after recompute is set: swapped blocks need it
         faults.point("model_load")  # test hook (faults.py): inert unless asked
     except torch.OutOfMemoryError as exc:
         raise out_of_memory(expert, f"while loading {dit_path.name} on {device}", exc) from None
@@ -74,39 +74,35 @@ def load_expert_model(
 
 def speed_plan(
     config: RecipeConfig, device: torch.device, dtype: torch.dtype, dit_path: Path
-) -> SpeedPlan:
-    """fp8 storage of the block linears, recompute policy, compiled blocks (speed/). The
+) -> SwapPlan:
+    """fp8 storage of the block linears, recompute policy, compiled blocks, and (below what
+    the resident weights need) blocks streamed from pinned host memory (speed/). The
     defaults keep the reference's numerics, training.speed = "fast" does not. The memory
     budget (training.max_vram_gb, else the card's free memory now: the cache step has freed
-    the VAE and text encoder) picks storage and recompute count."""
+    the VAE and text encoder) picks storage, recompute count and streamed blocks."""
     shape = DitShape.from_header(dit_path)
-    return plan_speed(
+    plan = plan_with_swap(
         config.training,
         device,
         dtype,
-        weight_count=shape.weight_count,
         tokens=tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size,
         shape=shape,
         rank=config.lora.network_dim,
     )
+    log.info("speed plan: %s", plan.describe())
+    return plan
 
 
-def check_plan_fits(plan: SpeedPlan, max_vram_gb: float | None, expert: str) -> None:
-    """A budget the smallest plan cannot meet: refuse when the user set it, else warn."""
-    if plan.fits or plan.predicted_peak is None:
+def check_plan_fits(plan: SwapPlan, max_vram_gb: float | None, expert: str) -> None:
+    """A budget the smallest plan (every block streamed) cannot meet: refuse when the user set
+    it, else warn."""
+    problem = plan.problem()
+    if problem is None:
         return
-    need = min_budget_bytes(plan.predicted_peak) / GiB
-    what = (
-        f"{expert}: the smallest speed plan ({plan.describe()}) does not fit the "
-        f"{plan.budget / GiB:.1f} GiB budget; it needs about {need:.1f} GiB"
-    )
+    what, fix = problem
     if max_vram_gb is not None:
-        raise WanloraError(
-            what,
-            "raise --max-vram / training.max_vram_gb, lower dataset.resolution or batch_size "
-            "(block swapping to host memory is not implemented)",
-        )
-    log.warning("%s (free GPU memory); the run may run out of memory", what)
+        raise WanloraError(f"{expert}: {what}", fix)
+    log.warning("%s: %s (free GPU memory); the run may run out of memory", expert, what)
 
 
 def make_optimizer(

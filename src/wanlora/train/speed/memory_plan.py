@@ -5,8 +5,8 @@ free memory): `plan_speed` picks the storage (16-bit or fp8 copies of the fp8 va
 fp8_linear.py) and the number of recomputed blocks (checkpointing.py) from ONE memory model
 (`predict_peak_bytes`, calibrated on the H100 measurements in benchmarks/RESULTS.md) so the
 predicted peak stays under the budget minus a margin. `wanlora doctor` reports the same plan.
-Block swapping (weights streamed from host memory) is not implemented: the 14B recipe at
-960x960 fits 24 GiB without it. The plan also carries the compile choice (compile.py); the
+Below what the resident weights need, blocks stream from pinned host memory (swap_plan.py,
+block_swap.py); the 14B recipe at 960x960 fits 24 GiB without it. The plan also carries the compile choice (compile.py); the
 defaults keep the recipe's numerics, `training.speed = "fast"` does not.
 """
 
@@ -197,6 +197,26 @@ class SpeedPlan:
         if self.predicted_peak is not None and self.budget is not None:
             text += f"; predicted peak {self.predicted_peak / GiB:.1f} GiB of {self.budget / GiB:.1f} GiB"
         return text
+
+    def problem(self) -> tuple[str, str] | None:
+        """(what, fix) for a WanloraError when the plan does not fit its budget, else None."""
+        if self.fits or self.predicted_peak is None or self.budget is None:
+            return None
+        need = min_budget_bytes(self.predicted_peak) / GiB
+        what = (
+            f"the smallest memory plan ({self.describe()}) does not fit the "
+            f"{self.budget / GiB:.1f} GiB budget; it needs about {need:.1f} GiB"
+        )
+        fix = "raise --max-vram / training.max_vram_gb, or lower dataset.resolution or batch_size"
+        why_not = getattr(self, "why_not", None)  # swap_plan.SwapPlan: why nothing could stream
+        if why_not:
+            what += f" ({why_not})"
+            fix = (
+                'set training.checkpointing = "auto" or "full" so blocks can stream, or '
+                + fix[0].lower()
+                + fix[1:]
+            )
+        return what, fix
 
 
 def plan_speed(

@@ -34,7 +34,6 @@ from .memory_plan import (
     DitShape,
     GiB,
     SpeedPlan,
-    min_budget_bytes,
     plan_speed,
     predict_peak_bytes,
     usable_bytes,
@@ -108,25 +107,6 @@ class SwapPlan(SpeedPlan):
             f"(~{self.transfer_seconds():.1f} s at PCIe 4.0 x16, overlapped)"
         )
 
-    def problem(self) -> tuple[str, str] | None:
-        """(what, fix) for a WanloraError when the plan does not fit its budget, else None."""
-        if self.fits or self.predicted_peak is None or self.budget is None:
-            return None
-        need = min_budget_bytes(self.predicted_peak) / GiB
-        what = (
-            f"the smallest memory plan ({self.describe()}) does not fit the "
-            f"{self.budget / GiB:.1f} GiB budget; it needs about {need:.1f} GiB"
-        )
-        if self.why_not:
-            what += f" ({self.why_not})"
-        fix = "raise --max-vram / training.max_vram_gb, or lower dataset.resolution or batch_size"
-        if self.why_not:
-            fix = (
-                'set training.checkpointing = "auto" or "full" so blocks can stream, or '
-                + fix[0].lower()
-                + fix[1:]
-            )
-        return what, fix
 
 
 def swap_peak_bytes(
