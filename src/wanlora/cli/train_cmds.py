@@ -71,7 +71,8 @@ def train(
         None,
         "--max-vram",
         help="GPU memory budget in GiB per training process (e.g. 24 for a 24 GB card): fp8 "
-        "weight storage and recompute are chosen to fit it, numerics unchanged "
+        "weight storage, recompute and (below ~16) blocks streamed from host memory are chosen to "
+        "fit it, numerics unchanged "
         "(training.max_vram_gb; default: the card's free memory).",
     ),
 ) -> None:
