@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ..errors import WanloraError
 from ..recipes import NotAProjectFolder
+from ..run.signals import Interrupted
 
 app = typer.Typer(
     name="wanlora",
@@ -103,6 +104,17 @@ def main() -> None:
             exc = WanloraError(exc.what, f"run `{corrected_command(exc, sys.argv[1:])}`")
         err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
         sys.exit(1)
+    except Interrupted as exc:  # SIGINT / SIGTERM during `wanlora train` (run/signals.py)
+        again = shlex.join(["wanlora", *sys.argv[1:]])
+        if exc.state_dir is not None:
+            what = f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
+        elif exc.aborted:
+            what = "stopped at once; the last saved state is kept"
+        else:
+            what = "stopped before training started (finished cache entries are kept)"
+        err_console.print(styled(f"interrupted ({exc}):", "yellow"), what, highlight=False)
+        err_console.print(f"resume with: {again}", highlight=False)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print(
             styled("interrupted", "yellow"), "(run the same command again to resume)"

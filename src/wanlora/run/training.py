@@ -4,7 +4,8 @@
       project lock (lock.py), leftovers of a killed run removed
       checks.py: the dataset lints clean, the model files are sound (headers only)
       jobs.py: one process, or workers for the experts side by side / data-parallel
-        one process:  experts.train_project -> experts.run_expert per expert
+        one process:  experts.train_project -> experts.run_expert per expert, under
+                      signals.stop_on_signals (SIGINT/SIGTERM: save at the step, Interrupted)
         workers:      workers.run_parallel  -> experts.run_expert in each worker
     describe_lora: a LoRA file in two lines, for the CLI and the demo
 
@@ -24,11 +25,13 @@ from ..lora.file import read_lora_file
 from ..lora.keys import down_keys
 from ..recipes import Project
 from ..sampling.epoch_samples import TrainingMonitor
-from ..train.callbacks import EpochCallback, ExpertResult, StepCallback
+from ..train.callbacks import EpochCallback, ExpertResult, StepCallback, StopTraining
+from ..train.state import latest_state_dir
 from .checks import check_dataset_clean, check_model_files
 from .experts import train_project
 from .jobs import plan_jobs
 from .lock import project_lock, remove_leftovers
+from .signals import Interrupted, stop_on_signals
 from .workers import run_parallel
 
 
@@ -61,15 +64,23 @@ def run_training(
             parallel_experts=parallel_experts,
         )
         if waves is None:
-            return train_project(
-                project,
-                experts,
-                device=device or (torch.device(devices[0]) if devices else None),
-                overwrite=overwrite,
-                restart=restart,
-                on_step=on_step,
-                on_epoch_end=on_epoch_end,
-            )
+            with stop_on_signals() as stop:
+                try:
+                    return train_project(
+                        project,
+                        experts,
+                        device=device or (torch.device(devices[0]) if devices else None),
+                        overwrite=overwrite,
+                        restart=restart,
+                        on_step=stop.step_callback(on_step),
+                        on_epoch_end=on_epoch_end,
+                    )
+                except StopTraining:
+                    if stop.signum is None or stop.last is None:
+                        raise  # a callback's own stop, not a signal's
+                    expert, step = stop.last.expert, stop.last.step
+                    saved = latest_state_dir(project.output_dir, expert)
+                    raise Interrupted(stop.signum, expert=expert, step=step, state_dir=saved) from None
         # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
         # worker runs its own); any other on_epoch_end would be silently skipped
         monitor = isinstance(on_epoch_end, TrainingMonitor)
