@@ -25,7 +25,7 @@ from ..dataset.discovery import caption_path, find_images
 from ..dataset.items import load_items
 from ..errors import WanloraError
 from ..outputs import OutputLayout
-from ..recipes import Project, config_to_toml
+from ..recipes import Project, RecipeConfig, config_to_toml
 from ..recipes.project import read_overrides
 from ..sampling.sample import read_png_info
 
@@ -305,6 +305,7 @@ def expert_performance(
 
 @dataclass
 class ReportData:
+    config: RecipeConfig  # the effective config (the timestep plot draws its sampler)
     title: str
     recipe_name: str
     project_root: Path
@@ -323,6 +324,7 @@ def gather(project: Project) -> ReportData:
     layout = OutputLayout.of(project)
     logs = {e: read_scalars(layout.logs_dir(e)) for e in config.experts}
     return ReportData(
+        config=config,
         title=f"{config.project.name} by {config.project.author}",
         recipe_name=config.recipe,
         project_root=project.root,

@@ -61,7 +61,7 @@ class SamplesView:
 
 def build_report(project: Project, out_path: Path | None = None) -> Path:
     """Write output/report.html for the project's current outputs; returns its path."""
-    page = render_page(gather(project), project)
+    page = render_page(gather(project))
     out_path = out_path or OutputLayout.of(project).report
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, page)
@@ -69,13 +69,13 @@ def build_report(project: Project, out_path: Path | None = None) -> Path:
     return out_path
 
 
-def render_page(data: ReportData, project: Project) -> str:
-    """The report's HTML for `data` (the project gives the recipe the timesteps plot draws)."""
+def render_page(data: ReportData) -> str:
+    """The report's HTML for `data`."""
     return environment().get_template(TEMPLATE).render(
         data=data,
         loss_plot=loss_figure(data.logs),
         lr_plot=lr_figure(data.logs),
-        timestep_plot=timestep_figure(project.config),
+        timestep_plot=timestep_figure(data.config),
         dataset=[_dataset_view(n, row) for n, row in enumerate(data.dataset, 1)],
         samples=_samples_view(data.samples),
         performance=[_performance_cells(p) for p in data.performance],
