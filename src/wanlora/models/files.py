@@ -266,8 +266,10 @@ def identify_shapes(shapes: dict[str, tuple[int, ...]]) -> ModelIdentity:
     if kind == "dit":
         return _identify_dit(shapes)
     if kind == "vae":
-        z_dim = shapes["conv2.weight"][0] if "conv2.weight" in shapes else None
-        variant = VAE_KINDS.get(z_dim)  # type: ignore[arg-type]
+        if "conv2.weight" not in shapes:
+            return ModelIdentity("vae", None, "an incomplete Wan-layout VAE (no conv2)")
+        z_dim = shapes["conv2.weight"][0]
+        variant = VAE_KINDS.get(z_dim)
         words = VAE_WORDS[variant] if variant else f"a Wan-layout VAE with {z_dim} latent channels"
         return ModelIdentity("vae", variant, words)
     return ModelIdentity(kind, None, KIND_WORDS[kind])
