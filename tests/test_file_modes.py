@@ -10,10 +10,10 @@ import stat
 import pytest
 import torch
 from PIL import Image
-from wanlora.train.lora_file import save_lora_file
 
 from wanlora.export.musubi import write_musubi_export
 from wanlora.fsutil import atomic_write_bytes, atomic_write_text
+from wanlora.lora.file import save_lora_file
 from wanlora.project_init import init_project
 from wanlora.sampling.sample import save_png
 

@@ -72,7 +72,10 @@ class DatasetSettings(StrictModel):
     frame_sample: int = Field(1, ge=1, description="uniform: clips per target length")
     max_frames: int = Field(129, ge=1, description="full: the longest clip, rounded to 4n+1")
     source_fps: float | None = Field(
-        None, gt=0, description="the videos' frame rate; set it to drop frames to the model's rate"
+        None,
+        gt=0,
+        description="the videos' frame rate; set it to drop frames to the model's rate",
+        json_schema_extra=unset("every frame is used at the video's own rate"),
     )
 
     @field_validator("resolution")
