@@ -18,6 +18,20 @@ UPSCALE_WARN = 1.5
 UPSCALE_ERROR = 2.0
 
 
+def bucket_fit(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[str | None, float]:
+    """How a picture of `size` fits `bucket`, for lint: ("unfilled", 1.0) when one side
+    matches but the other is short (the reference only crops then), ("upscale_error", s) or
+    ("upscale_warn", s) past UPSCALE_ERROR / UPSCALE_WARN, else (None, s)."""
+    width, height = size
+    if bucket[0] == width or bucket[1] == height:
+        short = width < bucket[0] or height < bucket[1]
+        return ("unfilled" if short else None), 1.0
+    scale = max(bucket[0] / width, bucket[1] / height)
+    if scale > UPSCALE_ERROR:
+        return "upscale_error", scale
+    return ("upscale_warn" if scale > UPSCALE_WARN else None), scale
+
+
 def round_down(value: int, step: int) -> int:
     return (value // step) * step
 

@@ -24,3 +24,18 @@ class DatasetEntry:
     num_repeats: int = 1
     cache_directory: Path | None = None  # kept for writing musubi files back; we cache elsewhere
     source: str = "wanlora.toml [dataset]"  # where these settings came from, for messages
+
+
+def dataset_settings(project) -> dict:
+    """The per-dataset settings of wanlora.toml's `[dataset]` that image and video entries
+    share (`project`: a recipes.Project), for DatasetEntry(...) and VideoEntry(...)."""
+    settings = project.config.dataset
+    return dict(
+        caption_extension=settings.caption_extension,
+        resolution=tuple(settings.resolution),
+        batch_size=settings.batch_size,
+        enable_bucket=settings.enable_bucket,
+        bucket_no_upscale=settings.bucket_no_upscale,
+        num_repeats=settings.num_repeats,
+        source=f"{project.config_file} [dataset]",
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..recipes.project import Project
 from .discovery import find_images
-from .entry import DatasetEntry
+from .entry import DatasetEntry, dataset_settings
 from .musubi_toml import dataset_toml_text, read_dataset_toml
 from .video_sources import VideoEntry, folder_has_videos, frame_settings, project_video_entry
 
@@ -40,17 +40,7 @@ def dataset_toml_path(project: Project) -> Path | None:
 
 def project_entry(project: Project) -> DatasetEntry:
     """The wanlora.toml `[dataset]` settings as an entry (also the defaults for a dataset.toml)."""
-    settings = project.config.dataset
-    return DatasetEntry(
-        image_directory=project.dataset_dir,
-        caption_extension=settings.caption_extension,
-        resolution=tuple(settings.resolution),
-        batch_size=settings.batch_size,
-        enable_bucket=settings.enable_bucket,
-        bucket_no_upscale=settings.bucket_no_upscale,
-        num_repeats=settings.num_repeats,
-        source=f"{project.config_file} [dataset]",
-    )
+    return DatasetEntry(image_directory=project.dataset_dir, **dataset_settings(project))
 
 
 def dataset_sources(project: Project) -> DatasetSources:

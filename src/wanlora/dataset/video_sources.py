@@ -30,6 +30,7 @@ from ..recipes.schema import DatasetSettings
 from .captions import read_caption
 from .clips import FrameSettings
 from .discovery import caption_path
+from .entry import dataset_settings
 from .video import find_videos
 
 if TYPE_CHECKING:
@@ -87,17 +88,10 @@ def frame_settings(settings: DatasetSettings) -> FrameSettings:
 
 def project_video_entry(project: Project) -> VideoEntry:
     """The project's `dataset.directory` as a video dataset with the `[dataset]` settings."""
-    settings = project.config.dataset
     return VideoEntry(
         video_directory=project.dataset_dir,
-        caption_extension=settings.caption_extension,
-        resolution=tuple(settings.resolution),
-        batch_size=settings.batch_size,
-        enable_bucket=settings.enable_bucket,
-        bucket_no_upscale=settings.bucket_no_upscale,
-        num_repeats=settings.num_repeats,
-        frames=frame_settings(settings),
-        source=f"{project.config_file} [dataset]",
+        frames=frame_settings(project.config.dataset),
+        **dataset_settings(project),
     )
 
 

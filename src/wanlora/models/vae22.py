@@ -26,11 +26,11 @@ Widths are read off the shapes, so the tiny test VAE (same key names) takes the 
 from __future__ import annotations
 
 from wanlora.models.vae_keys import (
-    ATTENTION_BLOCK,
     RESAMPLE,
     RESIDUAL_BLOCK,
     add_modules,
     map_key,
+    shared_vae_modules,
 )
 
 NUM_LEVELS = 4
@@ -83,21 +83,7 @@ def vae22_config(base_dim: int = 160, decoder_base_dim: int = 256) -> dict:
 
 def vae22_module_table() -> dict[str, str]:
     """Original Wan 2.2 VAE module -> diffusers AutoencoderKLWan module, for every module."""
-    table = {
-        "conv1": "quant_conv",
-        "conv2": "post_quant_conv",
-        "encoder.conv1": "encoder.conv_in",
-        "encoder.head.0": "encoder.norm_out",
-        "encoder.head.2": "encoder.conv_out",
-        "decoder.conv1": "decoder.conv_in",
-        "decoder.head.0": "decoder.norm_out",
-        "decoder.head.2": "decoder.conv_out",
-    }
-    for side in ("encoder", "decoder"):
-        # middle = [residual, attention, residual], as in Wan 2.1
-        add_modules(table, f"{side}.middle.0", f"{side}.mid_block.resnets.0", RESIDUAL_BLOCK)
-        add_modules(table, f"{side}.middle.1", f"{side}.mid_block.attentions.0", ATTENTION_BLOCK)
-        add_modules(table, f"{side}.middle.2", f"{side}.mid_block.resnets.1", RESIDUAL_BLOCK)
+    table = shared_vae_modules()  # quant convs, heads, middles: named as in Wan 2.1
 
     for level in range(NUM_LEVELS):
         last = level == NUM_LEVELS - 1  # the deepest level does not resample

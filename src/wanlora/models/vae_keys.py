@@ -39,8 +39,8 @@ def map_key(name: str, table: dict[str, str]) -> str | None:
     return None
 
 
-def vae_module_table() -> dict[str, str]:
-    """Original Wan 2.1 VAE module -> diffusers AutoencoderKLWan module, for every module."""
+def shared_vae_modules() -> dict[str, str]:
+    """The modules the Wan 2.1 and Wan 2.2 VAEs name alike: quant convs, heads, middles."""
     table = {
         "conv1": "quant_conv",
         "conv2": "post_quant_conv",
@@ -56,6 +56,12 @@ def vae_module_table() -> dict[str, str]:
         add_modules(table, f"{side}.middle.0", f"{side}.mid_block.resnets.0", RESIDUAL_BLOCK)
         add_modules(table, f"{side}.middle.1", f"{side}.mid_block.attentions.0", ATTENTION_BLOCK)
         add_modules(table, f"{side}.middle.2", f"{side}.mid_block.resnets.1", RESIDUAL_BLOCK)
+    return table
+
+
+def vae_module_table() -> dict[str, str]:
+    """Original Wan 2.1 VAE module -> diffusers AutoencoderKLWan module, for every module."""
+    table = shared_vae_modules()
 
     # Encoder: one flat list in both layouts, [res, res, resample] per level, same indices.
     index = 0

@@ -81,7 +81,7 @@ def speed_plan(
     budget (training.max_vram_gb, else the card's free memory now: the cache step has freed
     the VAE and text encoder) picks storage, recompute count and streamed blocks."""
     shape = DitShape.from_header(dit_path)
-    plan = plan_with_swap(
+    return plan_with_swap(
         config.training,
         device,
         dtype,
@@ -89,8 +89,6 @@ def speed_plan(
         shape=shape,
         rank=config.lora.network_dim,
     )
-    log.info("speed plan: %s", plan.describe())
-    return plan
 
 
 def check_plan_fits(plan: SwapPlan, max_vram_gb: float | None, expert: str) -> None:

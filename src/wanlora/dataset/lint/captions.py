@@ -14,6 +14,7 @@ from pathlib import Path
 from ...errors import WanloraError
 from ..captions import read_caption
 from ..tokens import TEXT_TOKEN_LIMIT, TokenCounter
+from .caption_text import caption_text_findings
 from .duplicates import MAX_IMAGES_FOR_CAPTION_PAIRS
 from .files import symlink_outside
 from .report import CheckedImage, CheckReport, ImageReport, name_list
@@ -80,21 +81,7 @@ def check_caption(
             "-- save it as UTF-8 without BOM",
             image,
         )
-    if tokens > TEXT_TOKEN_LIMIT:
-        estimate = " (estimated)" if counter.is_estimate else ""
-        report.warn(
-            caption_path,
-            f"caption is {tokens} umT5 tokens{estimate}; the text encoder keeps the first "
-            f"{TEXT_TOKEN_LIMIT} and drops the rest -- shorten it",
-            image,
-        )
-    if trigger and not caption.lstrip("\ufeff").startswith(trigger):
-        where = "is not at the start" if trigger in caption else "is missing"
-        report.warn(
-            caption_path,
-            f'trigger phrase "{trigger}" {where} -- the recipe starts every caption with it',
-            image,
-        )
+    caption_text_findings(caption, tokens, counter, trigger, caption_path, image, report)
     return caption
 
 

@@ -12,7 +12,7 @@ import imagehash
 from PIL import Image
 
 from ...errors import WanloraError
-from ..buckets import UPSCALE_ERROR, UPSCALE_WARN, select_bucket
+from ..buckets import UPSCALE_ERROR, bucket_fit, select_bucket
 from ..entry import DatasetEntry
 from ..images import ORIENTATION_MEANING, exif_orientation, open_image
 from .files import symlink_outside
@@ -118,19 +118,16 @@ def _bucket_findings(
             image,
         )
         return
-    if bucket[0] == width or bucket[1] == height:
-        # The reference only crops here; an image smaller than its bucket stays too small.
-        if width < bucket[0] or height < bucket[1]:
-            report.error(
-                path,
-                f"{width}x{height} does not fill its {bucket[0]}x{bucket[1]} bucket (the "
-                "reference trainer only crops when one side matches) -- crop it to the "
-                "resolution's aspect ratio or turn enable_bucket on",
-                image,
-            )
-        return
-    scale = max(bucket[0] / width, bucket[1] / height)
-    if scale > UPSCALE_ERROR:
+    fit, scale = bucket_fit((width, height), bucket)
+    if fit == "unfilled":  # the reference only crops here: the image stays too small
+        report.error(
+            path,
+            f"{width}x{height} does not fill its {bucket[0]}x{bucket[1]} bucket (the "
+            "reference trainer only crops when one side matches) -- crop it to the "
+            "resolution's aspect ratio or turn enable_bucket on",
+            image,
+        )
+    elif fit == "upscale_error":
         report.error(
             path,
             f"{width}x{height} is too small: it would be upscaled {scale:.1f}x into its "
@@ -138,7 +135,7 @@ def _bucket_findings(
             f"{_min_size(bucket, width, height)} or drop it",
             image,
         )
-    elif scale > UPSCALE_WARN:
+    elif fit == "upscale_warn":
         report.warn(
             path,
             f"{width}x{height} is upscaled {scale:.1f}x into its {bucket[0]}x{bucket[1]} bucket "

@@ -28,12 +28,13 @@ from typing import Protocol
 
 from ...errors import WanloraError
 from ...recipes.project import Project
-from ..buckets import UPSCALE_ERROR, UPSCALE_WARN
+from ..buckets import UPSCALE_ERROR, bucket_fit
 from ..clips import converted_frames, latent_tokens, target_fps_for_task, video_clips
 from ..items import video_bucket
-from ..tokens import TEXT_TOKEN_LIMIT, TokenCounter
+from ..tokens import TokenCounter
 from ..video import VideoInfo, is_mixed_case_video_name, probe_video
 from ..video_sources import VideoEntry, VideoSource, list_video_sources
+from .caption_text import caption_text_findings
 
 RATE_TOLERANCE = 0.02  # a rate within 2% of another is the same rate (29.97 vs 30)
 CONSTANT_RATE_FIX = "re-encode it at a constant rate, e.g. `ffmpeg -i IN -vf fps=30 OUT.mp4`"
@@ -237,19 +238,16 @@ def _bucket_findings(
     path: Path, size: tuple[int, int], bucket: tuple[int, int], row: VideoReport, report: Report
 ) -> None:
     width, height = size
-    if bucket[0] == width or bucket[1] == height:
-        # The reference only crops here (as for images): a smaller frame does not fill it.
-        if width < bucket[0] or height < bucket[1]:
-            report.error(
-                path,
-                f"{width}x{height} frames do not fill their {bucket[0]}x{bucket[1]} bucket (the "
-                "reference trainer only crops when one side matches) -- re-encode the video at "
-                "the resolution's aspect ratio or use another resolution",
-                row,
-            )
-        return
-    scale = max(bucket[0] / width, bucket[1] / height)
-    if scale > UPSCALE_ERROR:
+    fit, scale = bucket_fit(size, bucket)
+    if fit == "unfilled":  # the reference only crops here (as for images)
+        report.error(
+            path,
+            f"{width}x{height} frames do not fill their {bucket[0]}x{bucket[1]} bucket (the "
+            "reference trainer only crops when one side matches) -- re-encode the video at "
+            "the resolution's aspect ratio or use another resolution",
+            row,
+        )
+    elif fit == "upscale_error":
         report.error(
             path,
             f"{width}x{height} is too small: its frames would be upscaled {scale:.1f}x into "
@@ -257,7 +255,7 @@ def _bucket_findings(
             "higher-resolution video or a lower resolution",
             row,
         )
-    elif scale > UPSCALE_WARN:
+    elif fit == "upscale_warn":
         report.warn(
             path,
             f"{width}x{height} is upscaled {scale:.1f}x into its {bucket[0]}x{bucket[1]} "
@@ -287,21 +285,7 @@ def _check_caption(
         return
     tokens = counter.count(caption)
     row.caption_tokens = tokens
-    if tokens > TEXT_TOKEN_LIMIT:
-        estimate = " (estimated)" if counter.is_estimate else ""
-        report.warn(
-            where,
-            f"caption is {tokens} umT5 tokens{estimate}; the text encoder keeps the first "
-            f"{TEXT_TOKEN_LIMIT} and drops the rest -- shorten it",
-            row,
-        )
-    if trigger and not caption.lstrip("\ufeff").startswith(trigger):
-        state = "is not at the start" if trigger in caption else "is missing"
-        report.warn(
-            where,
-            f'trigger phrase "{trigger}" {state} -- the recipe starts every caption with it',
-            row,
-        )
+    caption_text_findings(caption, tokens, counter, trigger, where, row, report)
 
 
 def check_task_needs_videos(

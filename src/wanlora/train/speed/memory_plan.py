@@ -174,6 +174,8 @@ class SpeedPlan:
     fits: bool = True  # predicted peak within the budget's usable part
     # fast mode: keep a transposed fp8 copy of each block linear for the backward product
     fp8_transposed: bool = False
+    # a plan that does not fit and could not stream blocks to get there says why (swap_plan)
+    why_not: str | None = None
 
     @property
     def load_dtype(self) -> torch.dtype:
@@ -208,9 +210,8 @@ class SpeedPlan:
             f"{self.budget / GiB:.1f} GiB budget; it needs about {need:.1f} GiB"
         )
         fix = "raise --max-vram / training.max_vram_gb, or lower dataset.resolution or batch_size"
-        why_not = getattr(self, "why_not", None)  # swap_plan.SwapPlan: why nothing could stream
-        if why_not:
-            what += f" ({why_not})"
+        if self.why_not:
+            what += f" ({self.why_not})"
             fix = (
                 'set training.checkpointing = "auto" or "full" so blocks can stream, or '
                 + fix[0].lower()

@@ -65,7 +65,6 @@ class SwapPlan(SpeedPlan):
     block_bytes: int = 0  # streamed bytes of one block
     host_bytes: int | None = None  # predicted peak host memory of the process (pinned + base)
     h2d_bytes_per_step: int = 0  # host -> GPU, steady state (the first step copies more)
-    why_not: str | None = None  # why a plan that does not fit could not swap its way there
 
     def transfer_seconds(self, link_bytes_per_s: float = PCIE4_X16_BYTES_PER_S) -> float:
         """Seconds the copies of one step take on a link of that bandwidth (not overlapped)."""
@@ -180,11 +179,8 @@ def plan_with_swap(
     if base.predicted_peak is None or (base.fits and not blocks_to_swap):
         return SwapPlan(**fields, ring=ring)
     if base.checkpointing == "none":
-        return SwapPlan(
-            **fields,
-            ring=ring,
-            why_not='training.checkpointing = "none": streamed blocks must recompute',
-        )
+        fields["why_not"] = 'training.checkpointing = "none": streamed blocks must recompute'
+        return SwapPlan(**fields, ring=ring)
     weight_bytes = 4 if compute_dtype == torch.float32 else 2
     fp8 = base.fp8_storage
     usable = usable_bytes(base.budget)
