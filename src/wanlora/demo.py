@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .demo_videos import write_demo_videos, write_start_image
 from .errors import WanloraError
 from .fsutil import atomic_write_text
 from .recipes import PROJECT_FILE, Project, load_project
@@ -155,9 +156,55 @@ def write_demo_dataset(folder: Path, count: int = 18, seed: int = 0) -> list[Pat
     return images
 
 
-def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0) -> Project:
-    """Write the demo project (models, dataset, wanlora.toml); refuses a non-demo folder."""
-    from .models.tiny import write_tiny_models
+def i2v_demo_toml(epochs: int, models: dict[str, str]) -> str:
+    return f"""\
+# The built-in demo: the wan22-i2v recipe on tiny random models (CPU, no downloads).
+# Only sizes differ from a real run: tiny models, 64x48 videos cut into 9-frame clips, {epochs} epochs.
+recipe = "wan22-i2v"
+
+[project]
+name = "DemoI2V_v1"
+author = "wanlora"
+trigger = "{DEMO_TRIGGER}"
+
+[dataset]
+resolution = [64, 48]
+target_frames = [9]
+frame_extraction = "chunk"
+
+[training]
+max_train_epochs = {epochs}
+save_every_n_epochs = {epochs}
+save_state_every_n_steps = 12
+max_data_loader_n_workers = 0
+
+{models_toml(models)}
+[sample]
+prompts = ["{DEMO_TRIGGER}, a red circle slides from left to right across a plain blue background."]
+image = "{I2V_START_IMAGE}"
+steps = 4
+width = 64
+height = 48
+frames = 9
+"""
+
+
+I2V_START_IMAGE = "sample_start.png"  # the first frame the demo's I2V samples start from
+DEMO_RECIPES = ("wan22-t2v", "wan22-i2v")
+
+
+def create_demo_project(
+    directory: str | Path, *, epochs: int = 3, seed: int = 0, recipe: str = "wan22-t2v"
+) -> Project:
+    """Write the demo project (models, dataset, wanlora.toml); refuses a non-demo folder.
+
+    recipe "wan22-i2v": the I2V-A14B experts and a dataset of short generated videos."""
+    from .models.tiny import write_tiny_models, write_tiny_wan22_models
+
+    if recipe not in DEMO_RECIPES:
+        raise WanloraError(
+            f"no demo for recipe '{recipe}'", f"use one of: {', '.join(DEMO_RECIPES)}"
+        )
 
     root = Path(directory).expanduser()
     config_file = root / PROJECT_FILE
@@ -168,13 +215,26 @@ def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0
         )
     root.mkdir(parents=True, exist_ok=True)
     paths = write_tiny_models(root / "models", seed=seed)
+    files = {
+        f: getattr(paths, f) for f in ("dit_high", "dit_low", "vae", "text_encoder", "tokenizer")
+    }
+    if recipe == "wan22-i2v":
+        wan22 = write_tiny_wan22_models(root / "models", seed=seed)
+        files |= {"dit_high": wan22.i2v_high, "dit_low": wan22.i2v_low}
     model_paths = {
-        field: Path(getattr(paths, field)).resolve().relative_to(root.resolve()).as_posix()
-        for field in ("dit_high", "dit_low", "vae", "text_encoder", "tokenizer")
+        field: Path(path).resolve().relative_to(root.resolve()).as_posix()
+        for field, path in files.items()
     }
     dataset = root / "dataset"
-    if not (dataset.is_dir() and any(dataset.glob("*.png"))):
-        write_demo_dataset(dataset, seed=seed + 1)  # seed 1: a dataset `wanlora check` finds clean
+    if recipe == "wan22-i2v":
+        if not (dataset.is_dir() and any(dataset.glob("*.mp4"))):
+            write_demo_videos(dataset, COLORS, DEMO_TRIGGER, seed=seed + 1)
+        write_start_image(root / I2V_START_IMAGE, COLORS)
+        text = i2v_demo_toml(epochs, model_paths)
+    else:
+        if not (dataset.is_dir() and any(dataset.glob("*.png"))):
+            write_demo_dataset(dataset, seed=seed + 1)  # seed 1: `wanlora check` finds it clean
+        text = demo_toml(epochs, model_paths)
     if not config_file.exists():
-        atomic_write_text(config_file, demo_toml(epochs, model_paths))
+        atomic_write_text(config_file, text)
     return load_project(root)

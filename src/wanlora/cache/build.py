@@ -24,6 +24,7 @@ from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..models.registry import resolve_model_path
 from ..recipes import Project
+from . import i2v_conditioning as i2v
 from .keys import (
     clip_latent_key,
     file_fingerprint,
@@ -45,6 +46,9 @@ class CacheEntry:
     item: DatasetItem
     latent_path: Path
     text_path: Path
+    conditioning_path: Path | None = (
+        None  # I2V tasks: mask + first-frame latent (i2v_conditioning.py)
+    )
 
 
 @dataclass
@@ -54,6 +58,8 @@ class CacheResult:
     latents_reused: int = 0
     texts_computed: int = 0
     texts_reused: int = 0
+    conditionings_computed: int = 0
+    conditionings_reused: int = 0
     removed: list[Path] = field(default_factory=list)
 
 
@@ -118,11 +124,17 @@ def build_cache(
             content[item.image_path], item.clip.frame_indices, item.bucket, vae_id
         )
 
+    conditioned = project.config.dit_task == "i2v"
     entries = [
         CacheEntry(
             item=item,
             latent_path=latents_dir / f"{latent_name(item)}.safetensors",
             text_path=texts_dir / f"{text_key(item.caption, enc_id)}.safetensors",
+            conditioning_path=i2v.conditioning_path(
+                project.cache_dir, content[item.image_path], item, vae_id
+            )
+            if conditioned
+            else None,
         )
         for item in items
     ]
@@ -130,9 +142,25 @@ def build_cache(
 
     missing_latents = [e for e in entries if read_entry(e.latent_path, "latents") is None]
     result.latents_reused = len(entries) - len(missing_latents)
-    if missing_latents:
-        _encode_latents(missing_latents, paths["vae"], DTYPES[vae_dtype], device, progress)
+    missing_conditionings = [
+        e
+        for e in entries
+        if e.conditioning_path and read_entry(e.conditioning_path, i2v.TENSOR_NAME) is None
+    ]
+    result.conditionings_reused = sum(bool(e.conditioning_path) for e in entries) - len(
+        missing_conditionings
+    )
+    if missing_latents or missing_conditionings:
+        _encode_latents(
+            missing_latents,
+            paths["vae"],
+            DTYPES[vae_dtype],
+            device,
+            progress,
+            conditionings=missing_conditionings,
+        )
         result.latents_computed = len(missing_latents)
+        result.conditionings_computed = len(missing_conditionings)
 
     # identical captions share one entry
     missing_texts: dict[Path, str] = {}
@@ -144,7 +172,9 @@ def build_cache(
         _encode_texts(missing_texts, paths["text_encoder"], paths["tokenizer"], device, progress)
         result.texts_computed = len(missing_texts)
 
-    result.removed = _remove_stale(entries, latents_dir, texts_dir)
+    result.removed = _remove_stale(
+        entries, latents_dir, texts_dir, project.cache_dir / i2v.CONDITIONING_DIR
+    )
     return result
 
 
@@ -163,13 +193,21 @@ def _pixels(entries: list[CacheEntry]) -> Iterator[tuple[CacheEntry, np.ndarray]
             yield by_clip[clip], frames
 
 
-def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
+def _encode_latents(entries, vae_path, dtype, device, progress, conditionings=()) -> None:
+    """Latents of `entries`, and the I2V conditioning of `conditionings`, in one VAE load."""
     from ..models import encode_latents, encode_video_latents, load_vae
 
     log.info("encoding %d image(s) or clip(s) with the VAE", len(entries))
+    needs_latent = {id(e) for e in entries}
+    needs_conditioning = {id(e) for e in conditionings}
+    todo = list(entries) + [e for e in conditionings if id(e) not in needs_latent]
     vae = load_vae(vae_path, dtype=dtype, device=device)
     try:
-        for i, (e, pixels) in enumerate(_pixels(entries)):
+        for i, (e, pixels) in enumerate(_pixels(todo)):
+            if id(e) in needs_conditioning:
+                _write_conditioning(vae, e, pixels)
+            if id(e) not in needs_latent:
+                continue
             with torch.no_grad():
                 if e.item.clip is None:
                     latents = encode_latents(vae, pixels)[0]
@@ -191,6 +229,14 @@ def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
     finally:
         del vae
         free_device_memory(device)
+
+
+def _write_conditioning(vae, e: CacheEntry, pixels: np.ndarray) -> None:
+    with torch.no_grad():
+        conditioning = i2v.encode_conditioning(vae, i2v.first_frame(pixels), e.item.frames)
+    info = {"image": e.item.image_path.name, "bucket": f"{e.item.bucket[0]}x{e.item.bucket[1]}"}
+    write_entry(e.conditioning_path, i2v.TENSOR_NAME, conditioning, info)
+    faults.point("cache_write", e.conditioning_path)  # test hook (faults.py)
 
 
 def _encode_texts(missing: dict[Path, str], encoder_path, tokenizer_path, device, progress) -> None:
@@ -216,6 +262,7 @@ def _encode_texts(missing: dict[Path, str], encoder_path, tokenizer_path, device
 def _remove_stale(entries: list[CacheEntry], *dirs: Path) -> list[Path]:
     """Delete cache files no current item uses (only our own *.safetensors in cache/)."""
     live = {e.latent_path for e in entries} | {e.text_path for e in entries}
+    live |= {e.conditioning_path for e in entries}
     removed = []
     for directory in dirs:
         if not directory.is_dir():
@@ -227,18 +274,22 @@ def _remove_stale(entries: list[CacheEntry], *dirs: Path) -> list[Path]:
     return removed
 
 
-def load_cached_tensors(entries: list[CacheEntry]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(latents, context) per entry, verified; a bad entry here means the cache changed under us."""
+def load_cached_tensors(entries: list[CacheEntry]) -> list[tuple[torch.Tensor, ...]]:
+    """(latents, context) per entry, verified, plus the I2V conditioning where the task has
+    one; a bad entry here means the cache changed under us."""
     tensors = []
     for e in entries:
         latents = read_entry(e.latent_path, "latents")
         context = read_entry(e.text_path, "context")
-        if latents is None or context is None:
+        extra = ()
+        if e.conditioning_path is not None:
+            extra = (read_entry(e.conditioning_path, i2v.TENSOR_NAME),)
+        if latents is None or context is None or None in extra:
             raise WanloraError(
                 f"{e.latent_path.parent.parent}: cache entry for {_label(e.item)} is missing or corrupt",
                 "run the command again; the cache is rebuilt automatically",
             )
-        tensors.append((latents, context))
+        tensors.append((latents, context, *extra))
     return tensors
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "decoded_frames",
     "diffusers_vae_key_to_wan",
     "encode_latents",
+    "encode_pixel_video",
     "encode_video_latents",
     "infer_vae_info",
     "latent_frames",
@@ -246,6 +247,13 @@ def encode_video_latents(vae: AutoencoderKLWan, frames) -> torch.Tensor:
             f"drop the last {(count - 1) % TEMPORAL_STRIDE}"
         )
     return _encode(vae, video)
+
+
+def encode_pixel_video(vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+    """A float video (B, 3, F, H, W) already in [-1, 1] -> normalised latents, for pixels
+    that uint8 frames cannot hold (I2V conditioning: frames of pixel value 0, mid-grey)."""
+    parameter = next(vae.parameters())
+    return _encode(vae, video.to(device=parameter.device, dtype=parameter.dtype))
 
 
 @torch.no_grad()

@@ -234,6 +234,22 @@ class SampleSettings(StrictModel):
     seed: int = 42
     guidance_scale: float = Field(3.5, ge=0)
     shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
+    # Image-to-video samples (i2v-A14B): the frames rendered from a given first frame.
+    frames: int = Field(
+        1, ge=1, description="frames per sample (4n + 1); more than 1 renders a video"
+    )
+    image: str | None = Field(
+        None,
+        description="image-to-video: the first frame samples start from, relative to the project",
+        json_schema_extra=unset("no image; `wanlora sample --image` gives one (needed for I2V)"),
+    )
+
+    @field_validator("frames")
+    @classmethod
+    def _four_n_plus_one(cls, value: int) -> int:
+        if (value - 1) % 4:
+            raise ValueError(f"must be 4n + 1 (1, 5, ..., 33, ..., 81), got {value}")
+        return value
 
 
 class RecipeConfig(StrictModel):
@@ -241,12 +257,12 @@ class RecipeConfig(StrictModel):
 
     recipe: str
     description: str = ""
-    task: Literal["t2v-A14B", "t2v-14B"]
+    task: Literal["t2v-A14B", "t2v-14B", "i2v-A14B"]
     boundary: float | None = Field(
         None,
         gt=0,
         lt=1,
-        description="expert switch point in t (0.875 for Wan 2.2 T2V A14B)",
+        description="expert switch point in t (0.875 for Wan 2.2 T2V A14B, 0.9 for I2V A14B)",
         json_schema_extra=unset("one expert, no switch point"),
     )
     project: ProjectInfo = Field(default_factory=ProjectInfo)
@@ -265,6 +281,11 @@ class RecipeConfig(StrictModel):
         if not self.experts:
             raise ValueError("a recipe needs at least one expert")
         return self
+
+    @property
+    def dit_task(self) -> str:
+        """The DiT the task trains, as models.load_dit names it: "t2v", "i2v" or "ti2v"."""
+        return self.task.split("-", 1)[0]
 
     def output_name(self, expert: str) -> str:
         template = self.experts[expert].output_name

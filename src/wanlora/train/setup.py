@@ -59,7 +59,11 @@ def load_expert_model(
     load_device = torch.device("cpu") if plan.swap_indices else device
     try:
         model, _info = load_dit(
-            dit_path, dtype=plan.load_dtype, device=load_device, fp8_round=config.training.fp8_base
+            dit_path,
+            dtype=plan.load_dtype,
+            device=load_device,
+            fp8_round=config.training.fp8_base,
+            task=config.dit_task,
         )
         prepare_base(model, plan)
         add_lora(model, config.lora)

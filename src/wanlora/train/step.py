@@ -24,17 +24,19 @@ from ..lora.inject import lora_parameters
 from ..models.precision import autocast
 from ..models.text_encoder import pad_context
 from ..recipes.schema import ExpertSettings, RecipeConfig
+from .i2v_inputs import with_conditioning
 from .speed.cuda_graph import GraphedStep
 from .state import TrainingParts
 from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
 
-Samples = list[tuple[torch.Tensor, torch.Tensor]]  # per item: (latent, text embedding)
+# per item: (latent, text embedding), and for I2V its conditioning (mask + y, i2v_inputs.py)
+Samples = list[tuple[torch.Tensor, ...]]
 
 
 class StepInputs(NamedTuple):
     """A micro-batch's tensors on the device (a tuple: a CUDA graph copies them in order)."""
 
-    noisy: torch.Tensor  # (B, C, F, H, W) noisy latents
+    noisy: torch.Tensor  # (B, C_in, F, H, W) the DiT's input: noisy latents (+ I2V conditioning)
     t: torch.Tensor  # (B,) in [0, 1]
     context: torch.Tensor  # (B, 512, D) padded text embeddings, float32
     target: torch.Tensor  # (B, C, F, H, W) velocity target, noise - latents
@@ -70,11 +72,13 @@ def model_inputs(
     generator: torch.Generator,
     device: torch.device,
 ) -> StepInputs:
-    """A micro-batch's DiT inputs on the device: noisy latents, t, padded text, target."""
+    """A micro-batch's DiT inputs on the device: noisy latents (with any I2V conditioning),
+    t, padded text, target."""
     latents = torch.stack([samples[i][0] for i in batch]).float()
     context = torch.stack([pad_context(samples[i][1]) for i in batch]).float()
     noise, t = draws(samples, batch, config, settings, generator)
     noisy, target = noisy_and_target(latents, noise, t)
+    noisy = with_conditioning(noisy, [samples[i] for i in batch])  # I2V: 16 -> 36 channels
     return StepInputs(noisy.to(device), t.to(device), context.to(device), target.to(device))
 
 
