@@ -162,7 +162,7 @@ def write_demo_dataset(folder: Path, count: int = 18, seed: int = 0) -> list[Pat
 # --- the I2V demo: short videos of a coloured shape moving (real H.264 MP4s, 16 fps) ---
 
 VIDEO_FPS = 16
-VIDEO_SIZE = (64, 48)  # (width, height)
+VIDEO_SIZE = (48, 32)  # (width, height)
 MOTIONS = {  # name -> (start, end) of the centre, as fractions of (width, height)
     "from left to right": ((0.2, 0.5), (0.8, 0.5)),
     "from right to left": ((0.8, 0.5), (0.2, 0.5)),
@@ -210,8 +210,8 @@ def write_demo_videos(
     folder: Path,
     colors: dict[str, tuple[int, int, int]],
     trigger: str,
-    count: int = 6,
-    frames: int = 18,
+    count: int = 4,
+    frames: int = 10,
     seed: int = 0,
 ) -> list[Path]:
     """`count` videos of `frames` frames, each with its own caption."""
@@ -252,7 +252,8 @@ def write_start_image(path: Path, colors: dict[str, tuple[int, int, int]]) -> Pa
 def i2v_demo_toml(epochs: int, models: dict[str, str]) -> str:
     return f"""\
 # The built-in demo: the wan22-i2v recipe on tiny random models (CPU, no downloads).
-# Only sizes differ from a real run: tiny models, 64x48 videos cut into 9-frame clips, {epochs} epochs.
+# Only sizes differ from a real run: tiny models, 48x32 videos cut into 5-frame clips,
+# {epochs} epochs.
 recipe = "wan22-i2v"
 
 [project]
@@ -261,14 +262,14 @@ author = "wanlora"
 trigger = "{DEMO_TRIGGER}"
 
 [dataset]
-resolution = [64, 48]
-target_frames = [9]
+resolution = [48, 32]
+target_frames = [5]
 frame_extraction = "chunk"
 
 [training]
 max_train_epochs = {epochs}
 save_every_n_epochs = {epochs}
-save_state_every_n_steps = 12
+save_state_every_n_steps = 8
 max_data_loader_n_workers = 0
 
 {models_toml(models)}
@@ -276,9 +277,9 @@ max_data_loader_n_workers = 0
 prompts = ["{DEMO_TRIGGER}, a red circle slides from left to right across a plain blue background."]
 image = "{I2V_START_IMAGE}"
 steps = 4
-width = 64
-height = 48
-frames = 9
+width = 48
+height = 32
+frames = 5
 """
 
 

@@ -57,6 +57,11 @@ class OutputLayout:
         return f"p{prompt_index:02d}_seed{seed}_{strengths_tag}"
 
     @staticmethod
+    def sample_video(png: Path) -> Path:
+        """The MP4 of a video sample, beside the PNG strip of its frames (same name)."""
+        return png.with_suffix(".mp4")
+
+    @staticmethod
     def compare_stem(seeds: list[int], strengths_tag: str) -> str:
         """A `wanlora sample --compare` grid: `compare_seed42_high1_low1` (seeds 1-2-3, 1-9)."""
         seed_part = (

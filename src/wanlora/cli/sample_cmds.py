@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import WanloraError
+from ..outputs import OutputLayout
 from ..recipes import load_project
 from .app import app, console, styled
 
@@ -47,8 +48,13 @@ def sample(
         help="Keep only the running expert on the GPU (default: decide from free VRAM).",
     ),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+    image: Path = typer.Option(
+        None, "--image", help="Image-to-video: the first frame (default: [sample] image)."
+    ),
+    frames: int = typer.Option(None, "--frames", min=1, help="Frames per video (4n + 1)."),
 ) -> None:
-    """Images from the trained LoRAs: the high-noise expert above the boundary, low below."""
+    """Images (or videos) from the trained LoRAs: the high-noise expert above the boundary,
+    low below. Image-to-video recipes render videos from a first frame (--image)."""
     import torch
 
     from ..cache.build import default_device
@@ -81,11 +87,14 @@ def sample(
         guidance_scale=guidance,
         offload=offload,
         device=torch.device(device) if device else default_device(),
+        image=image.expanduser().resolve() if image is not None else None,
+        frames=frames,
     )
     if result.offloaded:
         console.print("the experts did not both fit on the GPU: ran one at a time", style="yellow")
     for path in result.images + result.base_images:
-        console.print(f"sample: {path}")
+        video = OutputLayout.sample_video(path)
+        console.print(f"sample: {video if video.exists() else path}")
     if result.grid is not None:
         console.print(styled("compare grid", "green"), result.grid)
 

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..dataset.clips import target_fps_for_task
 from ..device_memory import free_device_memory
 from ..lora.inject import set_lora_multiplier
 from ..models.dit import infer_dit_info, load_dit
 from ..models.precision import compute_dtype
 from ..outputs import OutputLayout
 from ..recipes import Project
+from .i2v import start_image
 from .pipeline import (
     DEFAULT_NEGATIVE_PROMPT,
     GIB,
@@ -36,7 +38,7 @@ from .pipeline import (
     needs_offload,
     render,
 )
-from .sample import dit_path, encode_prompts, load_vae_for, ordered_experts, save_png
+from .sample import dit_path, encode_prompts, load_vae_for, ordered_experts, save_sample
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,8 @@ class TrainingMonitor:
             guidance_scale=s.guidance_scale,
             shift=s.shift,
             boundary=config.boundary if len(self.names) == 2 else None,
+            frames=s.frames,
+            image=start_image(self.project, None, s.width, s.height),  # I2V: [sample] image
         )
         set_lora_multiplier(model, 1.0)
         try:
@@ -152,6 +156,7 @@ class TrainingMonitor:
         strengths = {name: (1.0 if name == expert else 0.0) for name in self.names}
         writer = self._writer(expert)
         paths = []
+        fps = target_fps_for_task(config.task)
         for i, (prompt, image) in enumerate(zip(self.prompts, images, strict=True)):
             info = {
                 "kind": "training",
@@ -165,7 +170,8 @@ class TrainingMonitor:
                 "size": [s.width, s.height],
             }
             stem = self.layout.training_sample_stem(expert, epochs_done, i, s.seed)
-            paths.append(save_png(image, self.layout.samples_dir, stem, info))
+            video = spec.videos[i] if spec.videos else None
+            paths.append(save_sample(image, video, self.layout.samples_dir, stem, info, fps))
             if writer is not None:
                 writer.add_image(
                     f"samples/p{i:02d}", np.asarray(image), epochs_done, dataformats="HWC"
@@ -199,6 +205,7 @@ class TrainingMonitor:
                 dtype=dtype,
                 device="cpu",
                 fp8_round=self.project.config.training.fp8_base,
+                task=self.project.config.dit_task,
             )
         return self._base[name]
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..models.precision import autocast
 from ..models.text_encoder import TEXT_LEN, pad_context
+from .i2v import frame_strip, i2v_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -164,10 +165,13 @@ class RenderSpec:
     shift: float
     boundary: float | None = None
     batch_size: int = 4
+    frames: int = 1  # more than 1: videos (each returned as a strip of its frames)
+    image: Image.Image | None = None  # image-to-video: the first frame, at width x height
     # filled in by render(): (expert, timestep) per transformer call, and the residency's
     # ("load" | "offload", expert) moves
     timesteps_seen: list[tuple[str, float]] = field(default_factory=list)
     residency_events: list[tuple[str, str]] = field(default_factory=list)
+    videos: list[np.ndarray] = field(default_factory=list)  # uint8 (F, H, W, 3), frames > 1
 
 
 @torch.no_grad()
@@ -180,7 +184,9 @@ def render(
     dtype: torch.dtype,
     offload: bool = False,
 ) -> list[Image.Image]:
-    """Images (one-frame videos) for every (context, seed) in `spec`.
+    """Images (one-frame videos) for every (context, seed) in `spec`; with spec.frames > 1
+    a strip of each video's frames, the frames themselves in spec.videos. With spec.image
+    the experts are image-to-video ones (I2V-A14B) and every video starts from it.
 
     experts: name -> transformer, the high-noise expert first (the one for t >= boundary);
     one expert (Wan 2.1) means no boundary. The experts keep their own LoRAs and multipliers.
@@ -203,15 +209,17 @@ def render(
         for name, module in experts.items()
     ]
     vae.to(device)
-    pipe = WanPipeline(
-        tokenizer=None,
-        text_encoder=None,
+    parts = dict(
         vae=vae,
         scheduler=flow_scheduler(spec.shift),
         transformer=experts[names[0]],
         transformer_2=experts[names[1]] if len(names) == 2 else None,
         boundary_ratio=spec.boundary if len(names) == 2 else None,
     )
+    if spec.image is not None:
+        pipe = i2v_pipeline(**parts)
+    else:
+        pipe = WanPipeline(tokenizer=None, text_encoder=None, **parts)
     pipe.set_progress_bar_config(disable=True)
     images: list[Image.Image] = []
     try:
@@ -223,13 +231,15 @@ def render(
             if spec.negative is not None and spec.guidance_scale > 1.0:
                 negative = pad_context(spec.negative.float(), TEXT_LEN).to(device)
                 negative = negative.unsqueeze(0).expand(len(contexts), -1, -1).contiguous()
+            image = {} if spec.image is None else {"image": spec.image}
             with autocast(device, dtype):  # the transformers compute as in training
                 latents = pipe(
+                    **image,
                     prompt_embeds=embeds,
                     negative_prompt_embeds=negative,
                     height=spec.height,
                     width=spec.width,
-                    num_frames=1,
+                    num_frames=spec.frames,
                     num_inference_steps=spec.steps,
                     guidance_scale=spec.guidance_scale,
                     generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
@@ -237,8 +247,12 @@ def render(
                 ).frames
             frames = decode_latents(pipe, vae, latents)  # the VAE in its own dtype
             for video in frames:  # (B, F, H, W, C) in [0, 1]
-                pixels = np.clip(np.rint(video[0] * 255.0), 0, 255).astype(np.uint8)
-                images.append(Image.fromarray(pixels, "RGB"))
+                pixels = np.clip(np.rint(video * 255.0), 0, 255).astype(np.uint8)
+                if spec.frames == 1:
+                    images.append(Image.fromarray(pixels[0], "RGB"))
+                else:
+                    spec.videos.append(pixels)
+                    images.append(frame_strip(pixels))
     finally:
         for hook in hooks:
             hook.remove()

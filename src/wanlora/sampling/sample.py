@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from ..cache.build import default_device
+from ..dataset.clips import target_fps_for_task
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..fsutil import create_temp_file
@@ -38,6 +39,7 @@ from ..models.vae import load_vae
 from ..outputs import OutputLayout
 from ..recipes import Project
 from ..recipes.schema import RecipeConfig
+from .i2v import start_image, write_sample_video
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, RenderSpec, needs_offload, render
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,13 @@ def attach_lora(model: torch.nn.Module, path: Path, strength: float = 1.0) -> No
 
 
 # --- output files ---------------------------------------------------------------------------
+
+
+def save_sample(image: Image.Image, video, directory: Path, stem: str, info: dict, fps) -> Path:
+    """The PNG (a video's frame strip) and, for a video, its MP4 under the PNG's name."""
+    png = save_png(image, directory, stem, info)
+    write_sample_video(png, video, fps)
+    return png
 
 
 def format_strength(value: float) -> str:
@@ -255,12 +264,15 @@ def sample_project(
     offload: bool | None = None,
     batch_size: int = 4,
     out_dir: Path | None = None,
+    image: Path | None = None,
+    frames: int | None = None,
 ) -> SampleResult:
     """Render every prompt at every seed with the trained LoRAs (and without, if `compare`).
 
     strengths: expert -> LoRA multiplier (default 1 each; 0 leaves that expert's LoRA off,
     and its file need not exist). offload: None decides from free VRAM whether the two
-    experts can both stay on the GPU; True forces the one-at-a-time path.
+    experts can both stay on the GPU; True forces the one-at-a-time path. image: the first
+    frame of image-to-video samples (default [sample] image); frames: per sample (4n + 1).
     """
     config = project.config
     s = config.sample
@@ -278,6 +290,10 @@ def sample_project(
                 f"image size {width}x{height}: each side must be a multiple of 16",
                 "pass e.g. --size 960x960",
             )
+    frames = frames or s.frames
+    if (frames - 1) % 4:
+        raise WanloraError(f"--frames {frames}: a video has 4n + 1 frames", "pass e.g. --frames 33")
+    first_frame = start_image(project, image, width, height)
     strengths = {name: 1.0 for name in names} | dict(strengths or {})
     unknown = set(strengths) - set(names)
     if unknown:
@@ -308,7 +324,9 @@ def sample_project(
     experts = {}
     for i, name in enumerate(names):
         target = device if (i == 0 or not offload) else torch.device("cpu")
-        experts[name], _info = load_dit(paths[name], dtype=dtype, device=target)
+        experts[name], _info = load_dit(
+            paths[name], dtype=dtype, device=target, task=config.dit_task
+        )
         if strengths[name] != 0:
             attach_lora(experts[name], lora_paths[name], strengths[name])
     vae = load_vae_for(project, device)
@@ -326,6 +344,8 @@ def sample_project(
         shift=s.shift,
         boundary=config.boundary if len(names) == 2 else None,
         batch_size=batch_size,
+        frames=frames,
+        image=first_frame,
     )
     out_dir = out_dir or layout.samples_dir
     tag = strength_tag(strengths)
@@ -337,22 +357,30 @@ def sample_project(
         "shift": spec.shift,
         "boundary": spec.boundary,
         "recipe": config.recipe,
+        **({"frames": frames} if frames > 1 else {}),
+        **({"image": str(image or config.sample.image)} if first_frame is not None else {}),
     }
+    fps = target_fps_for_task(config.task)
+
+    def video(index: int):
+        return spec.videos[index] if spec.videos else None
+
     lora_images = render(experts, vae, spec, device=device, dtype=dtype, offload=offload)
-    for (i, seed), image in zip(pairs, lora_images, strict=True):
+    for n, ((i, seed), picture) in enumerate(zip(pairs, lora_images, strict=True)):
         info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": strengths}
-        result.images.append(
-            save_png(image, out_dir, layout.sample_stem(i, seed, tag), info | common)
-        )
+        stem = layout.sample_stem(i, seed, tag)
+        result.images.append(save_sample(picture, video(n), out_dir, stem, info | common, fps))
     if compare:
         for module in experts.values():
             set_lora_multiplier(module, 0.0)
+        spec.videos.clear()
         base_images = render(experts, vae, spec, device=device, dtype=dtype, offload=offload)
         zero = {name: 0.0 for name in names}
-        for (i, seed), image in zip(pairs, base_images, strict=True):
+        for n, ((i, seed), picture) in enumerate(zip(pairs, base_images, strict=True)):
             info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": zero}
+            stem = layout.sample_stem(i, seed, "base")
             result.base_images.append(
-                save_png(image, out_dir, layout.sample_stem(i, seed, "base"), info | common)
+                save_sample(picture, video(n), out_dir, stem, info | common, fps)
             )
         lora_title = "LoRA " + ", ".join(f"{n} {format_strength(v)}" for n, v in strengths.items())
         grid = grid_image(

@@ -1,0 +1,93 @@
+"""Image-to-video samples (I2V-A14B): the first frame, the pipeline, and what is saved.
+
+first frame  the user's image resized and centre-cropped to the sample size, with the
+             training bucket's own resize (dataset.images.resize_to_bucket), so the
+             model sees a first frame the way it saw every training clip's
+pipeline     diffusers' WanImageToVideoPipeline: it builds the conditioning as the
+             official sampler does (mask 1 on latent frame 0; y = VAE code of [image,
+             F-1 frames of pixel value 0]) and switches the experts at boundary_ratio
+             (the high-noise expert for t >= 900 with Wan 2.2 I2V's 0.900). The Wan 2.2
+             experts have no image encoder, so no CLIP is loaded or passed.
+outputs      a video's frames as an MP4 (dataset.video_writer) beside a PNG strip of
+             its frames, which the compare grid, tensorboard and the report show
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from diffusers import WanImageToVideoPipeline
+from PIL import Image
+
+from ..dataset.images import resize_to_bucket
+from ..dataset.video_writer import write_mp4
+from ..errors import WanloraError
+from ..outputs import OutputLayout
+from ..recipes import Project
+
+STRIP_FRAMES = 5  # frames a PNG strip shows, evenly spaced (first and last included)
+
+
+def first_frame_image(path: Path, width: int, height: int) -> Image.Image:
+    """The conditioning image at the sample size (W x H), resized and centre-cropped."""
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise WanloraError(
+            f"{path}: cannot read the image to start the video from ({exc})",
+            "pass a PNG or JPEG with --image, or set [sample] image in wanlora.toml",
+        ) from None
+    pixels = resize_to_bucket(rgb, (width, height))
+    if pixels.shape[:2] != (height, width):  # the reference's one-side-matches edge case
+        pixels = np.asarray(Image.fromarray(pixels).resize((width, height), Image.LANCZOS))
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def i2v_pipeline(**parts) -> WanImageToVideoPipeline:
+    """The pipeline on our models (vae, scheduler, transformer, transformer_2,
+    boundary_ratio): no tokenizer or text encoder (our embeddings go in), no image encoder."""
+    return WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, image_processor=None, image_encoder=None, **parts
+    )
+
+
+def frame_strip(frames: np.ndarray) -> Image.Image:
+    """uint8 (F, H, W, 3) frames -> one PNG-able image: up to STRIP_FRAMES of them in a row."""
+    count = len(frames)
+    picks = sorted({round(k * (count - 1) / (STRIP_FRAMES - 1)) for k in range(STRIP_FRAMES)})
+    return Image.fromarray(np.concatenate([frames[i] for i in picks], axis=1), "RGB")
+
+
+def start_image(
+    project: Project, image: Path | None, width: int, height: int
+) -> Image.Image | None:
+    """Image-to-video recipes: the first frame samples start from (`image` as given, else
+    [sample] image relative to the project), at width x height. None for other recipes."""
+    config = project.config
+    if config.dit_task != "i2v":
+        if image is not None:
+            raise WanloraError(
+                f"--image: recipe {config.recipe} is text-to-video and takes no first frame",
+                "drop --image, or use an image-to-video recipe such as wan22-i2v",
+            )
+        return None
+    if image is None and config.sample.image is None:
+        raise WanloraError(
+            f"recipe {config.recipe} renders videos from a first frame, but none is given",
+            'pass --image PATH, or set [sample] image = "start.png" in wanlora.toml',
+        )
+    path = image if image is not None else project.root / Path(config.sample.image).expanduser()
+    if not path.is_file():
+        raise WanloraError(
+            f"{path}: the image to start the video from does not exist",
+            "pass an existing PNG or JPEG with --image, or fix [sample] image in wanlora.toml",
+        )
+    return first_frame_image(path, width, height)
+
+
+def write_sample_video(png: Path, video: np.ndarray | None, fps: float) -> None:
+    """A video sample's MP4, under its PNG strip's name (nothing for a still image)."""
+    if video is not None:
+        write_mp4(OutputLayout.sample_video(png), video, fps=fps)
