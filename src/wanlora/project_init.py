@@ -40,9 +40,15 @@ def init_project(
     return load_project(root)
 
 
-def next_steps(root: Path) -> str:
+def next_steps(root: Path, videos: bool = False) -> str:
+    """What to do after `wanlora init`; `videos`: an image-to-video recipe (trains on clips)."""
+    first = (
+        f"put your video clips (.mp4, .mov, ... and same-name .txt captions) into {root / 'dataset'}"
+        if videos
+        else f"put your 18 images (and optional same-name .txt captions) into {root / 'dataset'}"
+    )
     return f"""Next steps:
-  1. put your 18 images (and optional same-name .txt captions) into {root / "dataset"}
+  1. {first}
   2. wanlora caption {root}      # write missing captions (optional)
   3. wanlora check {root}        # lint the dataset before paying for a GPU
   4. wanlora download {root}     # fetch the model files

@@ -27,7 +27,7 @@ def init(
     """Create a project folder: wanlora.toml and dataset/."""
     created = project_init.init_project(directory, recipe, name, author, trigger, force=force)
     console.print(styled("Created project", "green"), created.root)
-    console.print(project_init.next_steps(created.root))
+    console.print(project_init.next_steps(created.root, created.config.dit_task == "i2v"))
 
 
 @inspect_app.command("recipe")

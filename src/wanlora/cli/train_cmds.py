@@ -125,6 +125,9 @@ def _train_with_progress(project, **kwargs):
 def demo(
     directory: Path = typer.Argument(Path("wanlora-demo"), help="Folder for the demo project."),
     epochs: int = typer.Option(3, help="Epochs per expert (18 steps each)."),
+    recipe: str = typer.Option(
+        "wan22-t2v", "--recipe", help="wan22-t2v (images) or wan22-i2v (videos, first frames)."
+    ),
 ) -> None:
     """The whole pipeline on tiny built-in models: CPU, no downloads, about a minute."""
     import torch
@@ -132,10 +135,9 @@ def demo(
     from ..demo import create_demo_project
     from ..run.training import describe_lora
 
-    project = create_demo_project(directory, epochs=epochs)
-    console.print(
-        styled("demo project", "green"), project.root, "(tiny models, 18 generated images)"
-    )
+    project = create_demo_project(directory, epochs=epochs, recipe=recipe)
+    dataset = "4 generated videos" if recipe == "wan22-i2v" else "18 generated images"
+    console.print(styled("demo project", "green"), project.root, f"(tiny models, {dataset})")
     results = _train_with_progress(
         project, device=torch.device("cpu"), overwrite=True, restart=True
     )
@@ -147,3 +149,5 @@ def demo(
     for command in ("check", "inspect config", "train"):
         extra = " --overwrite" if command == "train" else ""
         console.print(f"  wanlora {command} {project.root}{extra}")
+    if recipe == "wan22-i2v":  # videos from the [sample] image, with the LoRAs just trained
+        console.print(f"  wanlora sample {project.root}")

@@ -67,6 +67,9 @@ def musubi_export(project: Project) -> MusubiExport:
     cache_latents += ["--vae", vae]
     if config.models.vae_dtype in VAE_DTYPE_FLAG:
         cache_latents += ["--vae_dtype", VAE_DTYPE_FLAG[config.models.vae_dtype]]
+    if config.dit_task == "i2v":
+        # the first-frame conditioning (mask + y) is cached with the latents (M docs/wan.md:119)
+        cache_latents.append("--i2v")
     cache_text = ["python", CACHE_TEXT_SCRIPT, "--dataset_config", dataset_config]
     cache_text += ["--t5", t5, "--batch_size", "16"]
 
