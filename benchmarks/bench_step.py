@@ -9,6 +9,7 @@ data and the same LoRA initialisation, so the loss curves are comparable.
     python benchmarks/bench_step.py --all --out DIR        # every variant, fresh process each
     python benchmarks/bench_step.py --variant exact        # one variant, this process
     python benchmarks/bench_step.py --tiny --all --inline  # CPU smoke run
+    python benchmarks/bench_step.py --i2v 81 --all --out DIR  # I2V-A14B, 832x480, 81 frames
 
 Variants (see VARIANTS): "reference" is the direct port (diffusers layerwise fp8 casting,
 fp16 autocast + GradScaler, every block checkpointed, SDPA, no compile); the others go through
@@ -34,6 +35,26 @@ import torch
 FULL = dict(dim=5120, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256, latent=120)
 TINY = dict(dim=256, ffn_dim=512, num_layers=2, text_dim=64, freq_dim=256, latent=8)
 TEXT_TOKENS = 120  # real caption tokens, padded to 512 by the training step
+# I2V-A14B (--i2v FRAMES): the expert takes 36 channels (noisy 16 + mask 4 + y 16) of a clip
+# of FRAMES frames at 832x480 (latent 104x60, 1 + (F-1)//4 latent frames); --tiny: 48x32.
+I2V_LATENT_HW = {"full": (60, 104), "tiny": (4, 6)}
+
+
+def i2v_cfg(cfg: dict, frames: int, tiny: bool) -> dict:
+    """`cfg` for the I2V-A14B expert on clips of `frames` frames (4n + 1)."""
+    if frames < 1 or (frames - 1) % 4:
+        raise ValueError(f"--i2v takes 4n + 1 frames (33, 81), got {frames}")
+    height, width = I2V_LATENT_HW["tiny" if tiny else "full"]
+    return dict(cfg, in_channels=36, frames=frames, latent_hw=(height, width))
+
+
+def sample_tokens(cfg: dict) -> int:
+    """DiT tokens per sample: latent frames x (h/2) x (w/2) (patch 1x2x2)."""
+    if "frames" not in cfg:
+        return (cfg["latent"] // 2) ** 2
+    height, width = cfg["latent_hw"]
+    return (1 + (cfg["frames"] - 1) // 4) * (height // 2) * (width // 2)
+
 
 # name -> (speed, compile, checkpointing, fp8_storage, description)
 VARIANTS: dict[str, dict] = {
@@ -167,7 +188,7 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
         ffn_dim=cfg["ffn_dim"],
         num_layers=cfg["num_layers"],
         num_heads=cfg["dim"] // 128,
-        in_channels=16,
+        in_channels=cfg.get("in_channels", 16),
         out_channels=16,
         text_dim=cfg["text_dim"],
         freq_dim=cfg["freq_dim"],
@@ -202,6 +223,20 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
 
 def make_samples(cfg: dict, n: int = 4, seed: int = 1):
     gen = torch.Generator("cpu").manual_seed(seed)
+    if "frames" in cfg:  # I2V: (latent, text, conditioning = the official mask + a random y)
+        from wanlora.cache.i2v_conditioning import conditioning_mask
+
+        height, width = cfg["latent_hw"]
+        shape = (16, 1 + (cfg["frames"] - 1) // 4, height, width)
+        mask = conditioning_mask(cfg["frames"], height, width)
+        return [
+            (
+                torch.randn(shape, generator=gen),
+                torch.randn(TEXT_TOKENS, cfg["text_dim"], generator=gen) * 0.1,
+                torch.cat([mask, torch.randn(shape, generator=gen)]),
+            )
+            for _ in range(n)
+        ]
     side = cfg["latent"]
     return [
         (
@@ -242,10 +277,10 @@ def run_variant(
         return _reference_swap().run_swap_variant(
             types.SimpleNamespace(**globals()), name, cfg, device, warmup, steps
         )
-    recipe = load_recipe("wan22-t2v")
+    recipe = load_recipe("wan22-i2v" if "frames" in cfg else "wan22-t2v")
     dtype = torch.float16
     expert = recipe.experts["low"]
-    tokens = (cfg["latent"] // 2) ** 2
+    tokens = sample_tokens(cfg)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -588,6 +623,13 @@ def loss_diffs(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny dims (CPU smoke test)")
+    p.add_argument(
+        "--i2v",
+        type=int,
+        default=None,
+        metavar="FRAMES",
+        help="the I2V-A14B expert (36 input channels) on 832x480 clips of FRAMES frames",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variant", help="run one variant in this process, print JSON")
     p.add_argument("--all", action="store_true")
@@ -613,8 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_vram is not None and not args.max_vram > 0:
         p.error(f"--max-vram must be a positive number of GiB (got {args.max_vram})")
     cfg = TINY if args.tiny else FULL
+    if args.i2v is not None:
+        cfg = i2v_cfg(cfg, args.i2v, args.tiny)
     device = torch.device(args.device)
-    tokens = (cfg["latent"] // 2) ** 2
+    tokens = sample_tokens(cfg)
 
     if args.variant:
         try:
@@ -656,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.steps),
         ]
         cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--i2v", str(args.i2v)] if args.i2v is not None else []
         cmd += ["--max-vram", str(args.max_vram)] if args.max_vram is not None else []
         cmd += ["--profile", args.profile] if args.profile else []
         env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
@@ -689,6 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "cmd": " ".join(sys.argv),
+        "tokens": tokens,
     }
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -52,3 +52,23 @@ def test_attention_bench_runs_tiny_on_the_cpu():
     assert {r["shape"] for r in rows} == {"self", "cross"}
     for row in rows:
         assert row["backend"] == "math" and row["forward_ms"] > 0 and row["max_diff_out"] == 0
+
+
+def test_i2v_variant_runs_tiny_on_the_cpu(bench):
+    """--i2v FRAMES: the I2V-A14B expert (36 input channels) on clips, 832x480 at full size."""
+    assert bench.sample_tokens(bench.i2v_cfg(bench.FULL, 33, tiny=False)) == 9 * 30 * 52
+    assert bench.sample_tokens(bench.i2v_cfg(bench.FULL, 81, tiny=False)) == 21 * 30 * 52
+    cfg = bench.i2v_cfg(bench.TINY, 9, tiny=True)
+    results = {
+        name: bench.run_variant(name, cfg, CPU, warmup=1, steps=1)
+        for name in ("reference", "exact-eager")
+    }
+    for r in results.values():
+        assert len(r["losses"]) == 2 and all(math.isfinite(x) for x in r["losses"])
+    exact, ref = (results[n]["losses"] for n in ("exact-eager", "reference"))
+    assert exact[0] == pytest.approx(ref[0], rel=1e-3)
+    samples = bench.make_samples(cfg, n=1)
+    (latent, _text, conditioning) = samples[0]
+    assert latent.shape == (16, 3, 4, 6) and conditioning.shape == (20, 3, 4, 6)
+    with pytest.raises(ValueError, match="4n \\+ 1"):
+        bench.i2v_cfg(bench.FULL, 32, tiny=False)
