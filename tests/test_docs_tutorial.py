@@ -37,6 +37,7 @@ DOCS = ROOT / "docs"
 TUTORIAL = DOCS / "tutorial.md"
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 DEMO_DIR = "wanlora-demo"
+DEMO_DIRS = {DEMO_DIR, "wanlora-demo-i2v"}  # the demos the tutorial makes (`--recipe`)
 OPERATORS = {"&&", "||", ";", "|", "&"}
 # docs the index links that another part of the project writes (a warning until they exist)
 WRITTEN_ELSEWHERE = {"reliability.md"}
@@ -205,11 +206,12 @@ def test_runnable_commands_run(invocations, tmp_path, monkeypatch):
         if path == ("demo",):
             # training is covered by tests/test_demo.py; here the demo folder is made by the
             # same library function without the training part
-            create_demo_project(tmp_path / targets[0], epochs=1)
+            recipe = args[args.index("--recipe") + 1] if "--recipe" in args else "wan22-t2v"
+            create_demo_project(tmp_path / targets[0], epochs=1, recipe=recipe)
             ran.append(path)
             continue
         elif path not in NEEDS_NO_PROJECT and not any(
-            Path(t).parts[:1] == (DEMO_DIR,) for t in targets
+            Path(t).parts[0] in DEMO_DIRS for t in targets if Path(t).parts
         ):
             continue  # a command on the reader's own project (mylora): parsed only
         elif path == ("init",) and Path(targets[0]).exists():

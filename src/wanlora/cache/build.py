@@ -197,7 +197,10 @@ def _encode_latents(entries, vae_path, dtype, device, progress, conditionings=()
     """Latents of `entries`, and the I2V conditioning of `conditionings`, in one VAE load."""
     from ..models import encode_latents, encode_video_latents, load_vae
 
-    log.info("encoding %d image(s) or clip(s) with the VAE", len(entries))
+    if entries:
+        log.info("encoding %d image(s) or clip(s) with the VAE", len(entries))
+    if conditionings:
+        log.info("encoding %d I2V first-frame conditioning(s) with the VAE", len(conditionings))
     needs_latent = {id(e) for e in entries}
     needs_conditioning = {id(e) for e in conditionings}
     todo = list(entries) + [e for e in conditionings if id(e) not in needs_latent]

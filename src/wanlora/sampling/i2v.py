@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from diffusers import WanImageToVideoPipeline
 from PIL import Image
 
 from ..dataset.images import resize_to_bucket
@@ -45,9 +44,21 @@ def first_frame_image(path: Path, width: int, height: int) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
 
 
-def i2v_pipeline(**parts) -> WanImageToVideoPipeline:
-    """The pipeline on our models (vae, scheduler, transformer, transformer_2,
-    boundary_ratio): no tokenizer or text encoder (our embeddings go in), no image encoder."""
+def i2v_pipeline(**parts):
+    """diffusers' WanImageToVideoPipeline on our models (vae, scheduler, transformer,
+    transformer_2, boundary_ratio): no tokenizer or text encoder (our embeddings go in), no
+    image encoder."""
+    # imported here, quietly: the module pulls in transformers' CLIP image processor (unused:
+    # Wan 2.2 has no image encoder), which warns on import when torchvision is missing
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        from diffusers import WanImageToVideoPipeline
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
     return WanImageToVideoPipeline(
         tokenizer=None, text_encoder=None, image_processor=None, image_encoder=None, **parts
     )
