@@ -18,10 +18,11 @@ from wanlora.lora.file import read_lora_file
 from wanlora.lora.inject import lora_target_modules
 from wanlora.lora.keys import saved_module_name
 from wanlora.models.assign import build_on_meta
-from wanlora.outputs import lora_path
+from wanlora.outputs import OutputLayout, lora_path
 from wanlora.recipes import load_project
 from wanlora.run.experts import run_expert
 from wanlora.run.training import run_training
+from wanlora.sampling.epoch_samples import TrainingMonitor
 from wanlora.train.callbacks import StopTraining
 from wanlora.train.state import latest_state_dir, read_state_meta
 
@@ -52,8 +53,11 @@ def set_training(root: Path, key: str, value: int) -> None:
     config.write_text(body + "\n", encoding="utf-8")
 
 
-def test_the_expert_sees_36_channels_and_learns(project_dir):
+def test_the_expert_sees_36_channels_learns_and_samples_from_the_image(project_dir):
+    config = project_dir / "wanlora.toml"
+    config.write_text(config.read_text().replace("[sample]\n", "[sample]\nevery_n_epochs = 1\n"))
     project = load_project(project_dir)
+    monitor = TrainingMonitor(project, CPU)
     seen = []
 
     def record(module, args):  # every patch embedding any model runs (no VAE runs here)
@@ -62,10 +66,15 @@ def test_the_expert_sees_36_channels_and_learns(project_dir):
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:
-        result = run_expert(project, "high", device=CPU)
+        result = run_expert(project, "high", device=CPU, on_epoch_end=monitor)
     finally:
         handle.remove()
-    assert result.steps == 8 and seen and set(seen) == {36}
+        monitor.close()
+    assert result.steps == 8 and seen and set(seen) == {36}  # training and the epoch's sample
+    # the epoch-end sample: a video from [sample] image, its MP4 beside the PNG strip
+    (png,) = monitor.saved
+    assert png.name == "train_high_e0001_p00_seed42.png"
+    assert OutputLayout.sample_video(png).stat().st_size > 0
     tensors, meta = read_lora_file(result.lora_path)
     assert meta["modelspec.architecture"] == "wan2.2_i2v_a14b/lora"
     assert meta["wanlora.timestep_range"] == "900-1000"
