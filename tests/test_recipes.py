@@ -17,7 +17,7 @@ from wanlora.recipes.project import tomllib
 
 
 def test_presets_exist():
-    assert {"wan22-t2v", "wan21-t2v"} <= set(recipe_names())
+    assert {"wan22-t2v", "wan21-t2v", "wan22-i2v"} <= set(recipe_names())
 
 
 def test_wan22_recipe_values_match_recipe_md():
@@ -147,8 +147,9 @@ def test_bad_overrides_name_the_key(overrides, expected):
 
 
 def test_unknown_recipe_lists_known_ones():
-    with pytest.raises(WanloraError, match="use one of: wan21-t2v, wan22-t2v"):
+    with pytest.raises(WanloraError, match="use one of: wan21-t2v, ") as error:
         merge_config({"recipe": "sdxl"})
+    assert str(error.value).endswith(", ".join(recipe_names()))  # every preset, sorted
 
 
 def test_missing_recipe_key():
