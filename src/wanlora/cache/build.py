@@ -46,9 +46,8 @@ class CacheEntry:
     item: DatasetItem
     latent_path: Path
     text_path: Path
-    conditioning_path: Path | None = (
-        None  # I2V tasks: mask + first-frame latent (i2v_conditioning.py)
-    )
+    # I2V tasks: the mask + first-frame latent (i2v_conditioning.py); None for the others
+    conditioning_path: Path | None = None
 
 
 @dataclass

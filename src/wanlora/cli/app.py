@@ -46,7 +46,9 @@ PIPE_WIDTH = 100_000
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty()
-    return Console(stderr=stderr, markup=False, soft_wrap=True, width=PIPE_WIDTH if piped else None)
+    return Console(
+        stderr=stderr, markup=False, soft_wrap=True, width=PIPE_WIDTH if piped else None
+    )
 
 
 console = _console(stderr=False)
@@ -69,9 +71,7 @@ def _global_options(
     _state["debug"] = debug
     level = logging.DEBUG if (verbose or debug) else logging.INFO
     if err_console.is_terminal:
-        handler: logging.Handler = RichHandler(
-            console=err_console, show_path=False, show_time=False
-        )
+        handler: logging.Handler = RichHandler(console=err_console, show_path=False, show_time=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:  # a pipe or a log file: plain lines (rich would pad each to the console width)
         handler = logging.StreamHandler(sys.stderr)
@@ -107,9 +107,7 @@ def main() -> None:
     except Interrupted as exc:  # SIGINT / SIGTERM during `wanlora train` (run/signals.py)
         again = shlex.join(["wanlora", *sys.argv[1:]])
         if exc.state_dir is not None:
-            what = (
-                f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
-            )
+            what = f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
         elif exc.aborted:
             what = "stopped at once; the last saved state is kept"
         else:
@@ -118,7 +116,9 @@ def main() -> None:
         err_console.print(f"resume with: {again}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print(styled("interrupted", "yellow"), "(run the same command again to resume)")
+        err_console.print(
+            styled("interrupted", "yellow"), "(run the same command again to resume)"
+        )
         sys.exit(130)
     except OSError as exc:  # disk full, permissions, a vanished file: name the file
         if _state["debug"]:

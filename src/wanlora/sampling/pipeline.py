@@ -10,6 +10,9 @@ Prompt embeddings are ours (wanlora.models.TextEncoder, the same encoding the tr
 holds), zero-padded to 512 rows and passed as prompt_embeds / negative_prompt_embeds, so the
 pipeline's own tokenizer and text encoder are never used.
 
+Image-to-video (I2V-A14B, RenderSpec.image set): the same two experts through diffusers'
+WanImageToVideoPipeline instead (i2v.py), which adds the first-frame conditioning.
+
 Memory: the inactive expert need not stay on the GPU. `ExpertResidency` keeps both experts
 on the compute device when they fit, and otherwise moves an expert onto it (and the other one
 off, to the CPU) right before its first forward after the switch; `needs_offload` decides
