@@ -10,6 +10,13 @@ path under output/ by itself.
                                 p<i>_seed<s>_<strengths> / _base, compare_seed<s>_<strengths>
       logs/<expert>/            TensorBoard event files
       report.html               the run's report
+      run.json                  what the run was trained from, its status (run/records.py)
+      runs/<N>/                 earlier runs, kept: the same names inside (`kept_run(N)`)
+
+output/ holds the current run (the newest); when a new run starts, the run before it moves
+into runs/<N>/ whole (run/kept.py): its LoRAs as hard links, so the LoRAs at
+output/<LoRA name>.safetensors, the path a ComfyUI user loads, stay in place until the new
+run writes its own (a new file renamed over the name: the kept link keeps the old bytes).
 """
 
 from __future__ import annotations
@@ -74,6 +81,24 @@ class OutputLayout:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def run_record(self) -> Path:
+        """The run's record: settings, dataset and model identities, status (run/records.py)."""
+        return self.root / "run.json"
+
+    @property
+    def runs_root(self) -> Path:
+        return self.root / "runs"
+
+    def kept_run(self, number: int) -> OutputLayout:
+        """The files of earlier run `number`, under runs/<number>/ with the same names."""
+        return OutputLayout(self.runs_root / str(number), self.lora_names)
+
+    def run_files(self) -> list[Path]:
+        """What belongs to one run besides its LoRAs (moved whole when a new run starts);
+        the record last, so a move cut short is finished by the next one."""
+        return [self.state_root, self.samples_dir, self.logs_root, self.report, self.run_record]
 
 
 def lora_path(project: Project, expert: str) -> Path:

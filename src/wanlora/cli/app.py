@@ -94,7 +94,7 @@ def corrected_command(exc: NotAProjectFolder, args: list[str]) -> str:
 
 
 def main() -> None:
-    """Entry point: run the app; a WanloraError is one red line and exit code 1."""
+    """Entry point: run the app; a WanloraError is one red line and its exit code (1)."""
     try:
         app(prog_name="wanlora")
     except WanloraError as exc:
@@ -103,7 +103,7 @@ def main() -> None:
         if isinstance(exc, NotAProjectFolder):
             exc = WanloraError(exc.what, f"run `{corrected_command(exc, sys.argv[1:])}`")
         err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except Interrupted as exc:  # SIGINT / SIGTERM during `wanlora train` (run/signals.py)
         again = shlex.join(["wanlora", *sys.argv[1:]])
         if exc.state_dir is not None:

@@ -43,6 +43,7 @@ from ..errors import WanloraError
 from ..fsutil import disk_full_error, is_disk_full
 from ..lora.file import read_lora_file, save_lora_file
 from ..outputs import OutputLayout
+from ..recipes.effects import trained_settings
 from ..recipes.schema import RecipeConfig
 
 KEEP_STATES = 2
@@ -80,11 +81,17 @@ class TrainingParts:
 
 
 def recipe_hash(config: RecipeConfig, expert: str) -> str:
-    """Hash of everything that changes what this expert's training computes."""
+    """Hash of the settings that shape this expert's LoRA: the RESULT fields of
+    recipes/effects.py, so a resume is refused exactly for the edits that would retrain."""
+    data = trained_settings(config, expert)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def legacy_recipe_hash(config: RecipeConfig, expert: str) -> str:
+    """recipe_hash as versions before run records computed it: a state they saved is
+    recognised (run/adopt.py re-keys it) instead of refused as changed settings."""
     data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
     data["experts"] = {expert: data["experts"][expert]}
-    # not what is computed: how often states are saved, loader threads, the memory budget
-    # (it changes only storage and recompute, both bit-identical), CUDA graphs (rounding only)
     skip = ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb", "cuda_graph")
     for key in skip:
         data["training"].pop(key, None)
