@@ -105,7 +105,9 @@ def main() -> None:
         err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
         sys.exit(exc.exit_code)
     except Interrupted as exc:  # SIGINT / SIGTERM during `wanlora train` (run/signals.py)
-        again = shlex.join(["wanlora", *sys.argv[1:]])
+        # the same command resumes; a flag that starts a new run would start yet another
+        fresh = {"--new-run", "--overwrite", "--restart"}
+        again = shlex.join(["wanlora", *(a for a in sys.argv[1:] if a not in fresh)])
         if exc.state_dir is not None:
             what = f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
         elif exc.aborted:

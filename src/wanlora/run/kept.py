@@ -58,6 +58,7 @@ def begin(project: Project, plan: Plan) -> RunRecord:
             experts[expert] = ExpertRecord(
                 FINISHED, old.steps, old.final_loss, old.from_run or prev.number
             )
+        experts = {e: experts[e] for e in project.config.experts if e in experts}  # recipe order
         s = plan.snapshot
         record = RunRecord(plan.run, RUNNING, now(), None, s.settings, s.dataset, s.models, experts)
     else:  # the same run goes on
