@@ -23,7 +23,7 @@ def test_demo_runs_end_to_end_and_describes_the_loras(tmp_path):
     assert "Your two LoRAs" in out and "20 LoRA modules (rank 16, float16)" in out
     # one command per line, each copyable as is ("A | B" would read as a shell pipe)
     lines = [line.strip() for line in r.stdout.splitlines()]
-    assert f"wanlora check {root}" in lines and f"wanlora train {root} --overwrite" in lines
+    assert f"wanlora check {root}" in lines and f"wanlora train {root} --new-run" in lines
     for name in ("WAN2.2-HighNoise_Demo_v1_by-wanlora", "WAN2.2-LowNoise_Demo_v1_by-wanlora"):
         tensors, meta = read_lora_file(root / "output" / f"{name}.safetensors")
         assert meta["modelspec.title"] == name and len(tensors) == 60
