@@ -4,7 +4,7 @@ Every field of the config is named here, once, as a dotted path (`optimizer.lear
 an expert's fields as `experts.*.min_timestep`). A field marked RESULT changes what a run
 produces: its numbers (the learning rate, the seed, the timestep range) or the LoRA files
 themselves (their names and metadata). Changing one after a run means training again;
-an `experts.*` field touches that expert only, every other RESULT field both. A field
+an `experts.*` field touches that expert only, every other RESULT field every expert. A field
 marked NONE changes no trained number: how often states are saved, memory and speed
 choices that are bit-identical, sampling, and paths whose files are compared by content
 instead (the dataset's images and captions, the model files).
@@ -26,6 +26,7 @@ from .schema import RecipeConfig
 Effect = Literal["result", "none"]
 RESULT: Effect = "result"
 NONE: Effect = "none"
+
 
 def _each(table: str, effect: Effect, names: str) -> dict[str, Effect]:
     return {f"{table}.{name}": effect for name in names.split()}

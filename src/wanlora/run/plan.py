@@ -75,9 +75,11 @@ class Plan:
                 f"{self.kept_dir}"
             )
             out.append(f"  {_and(self.train)}: trained from the start")
-            if self.carried:
-                out.append(f"  {_and(self.carried)}: carried over from run {prev.number} "
-                           "unchanged (no edit touches it)")  # fmt: skip
+            for expert in self.carried:
+                why = "no edit touches it"
+                if any(c.touches(expert) for c in self.changes):
+                    why = "not asked for with --expert; train it with `--expert` too"
+                out.append(f"  {expert}: carried over from run {prev.number} unchanged ({why})")
             if not self.forced:
                 out.append("  the cache computes again only what changed")
         elif self.action == "continue":
