@@ -7,6 +7,7 @@
         one process:  experts.train_project -> experts.run_expert per expert, under
                       signals.stop_on_signals (SIGINT/SIGTERM: save at the step, Interrupted)
         workers:      workers.run_parallel  -> experts.run_expert in each worker
+      validation.write_verdict: does each LoRA move the model (output/verdict.json)
     describe_lora: a LoRA file in two lines, for the CLI and the demo
 
 The run layer builds what the engine (wanlora.train) is handed: the prepared data, the
@@ -32,6 +33,7 @@ from .experts import train_project
 from .jobs import plan_jobs
 from .lock import project_lock, remove_leftovers
 from .signals import Interrupted, stop_on_signals
+from .validation import write_verdict
 from .workers import run_parallel
 
 
@@ -66,7 +68,7 @@ def run_training(
         if waves is None:
             with stop_on_signals() as stop:
                 try:
-                    return train_project(
+                    results = train_project(
                         project,
                         experts,
                         device=device or (torch.device(devices[0]) if devices else None),
@@ -81,6 +83,8 @@ def run_training(
                     expert, step = stop.last.expert, stop.last.step
                     saved = latest_state_dir(project.output_dir, expert)
                     raise Interrupted(stop.signum, expert=expert, step=step, state_dir=saved) from None
+            write_verdict(project)
+            return results
         # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
         # worker runs its own); any other on_epoch_end would be silently skipped
         monitor = isinstance(on_epoch_end, TrainingMonitor)
@@ -89,9 +93,11 @@ def run_training(
                 "an on_epoch_end callback cannot run in worker processes",
                 "train on one device (devices=[...] with one entry), or leave on_epoch_end out",
             )
-        return run_parallel(
+        results = run_parallel(
             project, waves, overwrite=overwrite, restart=restart, on_step=on_step, monitor=monitor
         )
+        write_verdict(project)  # each expert's from its validation log: output/verdict.json
+        return results
 
 
 def describe_lora(path: Path) -> str:

@@ -81,7 +81,9 @@ class TrainingParts:
 
 def recipe_hash(config: RecipeConfig, expert: str) -> str:
     """Hash of everything that changes what this expert's training computes."""
-    data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
+    # [validation] changes nothing training computes (its held-out items: the dataset hash)
+    exclude = {"project", "sample", "validation", "description"}
+    data = config.model_dump(mode="json", exclude=exclude)
     data["experts"] = {expert: data["experts"][expert]}
     # not what is computed: how often states are saved, loader threads, the memory budget
     # (it changes only storage and recompute, both bit-identical), CUDA graphs (rounding only)
