@@ -20,7 +20,8 @@ from wanlora.outputs import OutputLayout
 from wanlora.recipes import load_project, load_recipe
 from wanlora.run.experts import prepare_data
 from wanlora.run.training import run_training
-from wanlora.run.validation import read_points, verdict_lines
+from wanlora.run.validation import ValidationMonitor, read_points, verdict_lines, write_points
+from wanlora.train.callbacks import StepReport
 from wanlora.train.setup import expert_dit, load_expert_model
 from wanlora.train.validation import Validator, build_validation_set
 from wanlora.train.verdict import expert_verdict
@@ -184,3 +185,17 @@ def test_verdict_weak_and_clear():
     assert "trained at timesteps 0-1000 but runs at 875-1000" in outside.causes[0]
     assert "strengths are all 0" in outside.causes[1] and "But it trained" in outside.text
     assert expert_verdict(config, "high", points(0.05, 0)[:1]) is None  # no trained point
+
+
+def test_a_resume_keeps_the_points_before_it_and_a_fresh_run_starts_over(project_dir):
+    project = load_project(project_dir)
+    data = prepare_data(project, CPU)
+    log = OutputLayout.of(project).validation_log("high")
+    write_points(log, points(0.01, 5) + [{**points(0.02, 10)[1], "epoch": 2}])
+    resumed = ValidationMonitor(project, "high", data, CPU, fresh=False)
+    resumed.on_step(StepReport("high", 8, 10, 0.5, 1e-4, 0.1))  # resumed from step 7
+    assert [p["step"] for p in read_points(log)] == [0, 5]
+    assert resumed.every == 1 and resumed.due(1)  # 1 epoch: max(1, 1 // 10)
+    fresh = ValidationMonitor(project, "high", data, CPU, fresh=True)
+    fresh.on_step(StepReport("high", 1, 10, 0.5, 1e-4, 0.1))
+    assert read_points(log) == []
