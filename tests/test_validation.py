@@ -37,8 +37,7 @@ def small_demo(tmp_path_factory):
     for image in sorted((root / "dataset").glob("*.png"))[KEEP:]:
         image.unlink()
         image.with_suffix(".txt").unlink()
-    with open(root / "wanlora.toml", "a", encoding="utf-8") as f:
-        f.write("\n[validation]\ntimesteps = 2\n")
+    add_validation(root, "timesteps = 2")
     prepare_data(load_project(root), CPU)  # the cache, shared by the copies
     return root
 

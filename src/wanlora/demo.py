@@ -67,6 +67,9 @@ save_state_every_n_steps = 18
 max_data_loader_n_workers = 0
 
 {models_toml(models)}
+[validation]
+every_n_epochs = {epochs}  # the base model and the end only: the demo stays quick
+
 [sample]
 prompts = ["{DEMO_TRIGGER}, a red circle on a blue background"]
 steps = 4

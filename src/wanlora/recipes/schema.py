@@ -251,7 +251,7 @@ class ValidationSettings(StrictModel):
     items: list[str] = Field(
         default_factory=list,
         description="dataset items (file stems, or clip names) held out of training and "
-        "validated on; empty: validate on every training item",
+        "validated on while validation is enabled; empty: validate on every training item",
     )
     timesteps: int = Field(
         4, ge=1, le=64, description="fixed timesteps spread over each expert's range"
