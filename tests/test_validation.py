@@ -23,7 +23,7 @@ from wanlora.run.training import run_training
 from wanlora.run.validation import ValidationMonitor, read_points, verdict_lines, write_points
 from wanlora.train.callbacks import StepReport
 from wanlora.train.setup import expert_dit, load_expert_model
-from wanlora.train.validation import Validator, build_validation_set
+from wanlora.train.validation import Validator, build_validation_set, spread
 from wanlora.train.verdict import expert_verdict
 
 CPU = torch.device("cpu")
@@ -154,6 +154,14 @@ def test_held_out_items_are_validated_on_and_never_trained(project_dir):
     toml.write_text(toml.read_text().replace('"demo_00"', '"demo_99"'))
     with pytest.raises(WanloraError, match=r"\[validation\] items names 'demo_99'"):
         prepare_data(load_project(project_dir), CPU)
+
+
+def test_at_most_max_items_are_validated_on_spread_over_the_dataset():
+    assert spread(18, 6) == [0, 3, 6, 9, 12, 15] and spread(5, 32) == [0, 1, 2, 3, 4]
+    samples = [(torch.full((16, 1, 2, 2), float(i)), torch.zeros(3, 8)) for i in range(18)]
+    vset = build_validation_set(samples, load_recipe("wan22-t2v").experts["low"], 4, 0, 6)
+    assert [s[0][0, 0, 0, 0].item() for s in vset.samples] == [0, 3, 6, 9, 12, 15]
+    assert vset.timesteps == [109, 328, 547, 766] and len(vset.pairs) == 6
 
 
 def points(effect: float, steps: int, base_loss: float = 0.5, loss: float = 0.49) -> list[dict]:

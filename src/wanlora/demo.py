@@ -67,8 +67,10 @@ save_state_every_n_steps = 18
 max_data_loader_n_workers = 0
 
 {models_toml(models)}
+# validation on 6 of the 18 images, at the start and the end only: the demo stays quick
 [validation]
-every_n_epochs = {epochs}  # the base model and the end only: the demo stays quick
+max_items = 6
+every_n_epochs = {epochs}
 
 [sample]
 prompts = ["{DEMO_TRIGGER}, a red circle on a blue background"]

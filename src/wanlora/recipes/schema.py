@@ -91,9 +91,7 @@ class LoraSettings(StrictModel):
     network_module: Literal["networks.lora_wan"] = "networks.lora_wan"
     network_dim: int = Field(16, ge=1, le=1024)
     network_alpha: float = Field(16.0, gt=0)
-    network_dropout: float | None = Field(
-        None, ge=0, lt=1, json_schema_extra=unset("no dropout")
-    )
+    network_dropout: float | None = Field(None, ge=0, lt=1, json_schema_extra=unset("no dropout"))
 
 
 class OptimizerSettings(StrictModel):
@@ -252,6 +250,12 @@ class ValidationSettings(StrictModel):
         default_factory=list,
         description="dataset items (file stems, or clip names) held out of training and "
         "validated on while validation is enabled; empty: validate on every training item",
+    )
+    max_items: int = Field(
+        32,
+        ge=1,
+        description="at most this many items are validated on, spread evenly over the "
+        "dataset order (a point costs one forward an item)",
     )
     timesteps: int = Field(
         4, ge=1, le=64, description="fixed timesteps spread over each expert's range"

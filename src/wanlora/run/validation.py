@@ -103,7 +103,9 @@ class ValidationMonitor:
         settings = config.validation
         samples = data.held_out_samples or data.samples
         seed = config.training.seed if settings.seed is None else settings.seed
-        vset = build_validation_set(samples, config.experts[expert], settings.timesteps, seed)
+        vset = build_validation_set(
+            samples, config.experts[expert], settings.timesteps, seed, settings.max_items
+        )
         self.validator = Validator(vset, device, expert_dit(project, expert, config)[1])
         self.expert, self.fresh = expert, fresh
         epochs = config.training.max_train_epochs

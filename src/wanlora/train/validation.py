@@ -2,7 +2,8 @@
 
 One ValidationSet per expert, fixed for the whole run (and the same again after a resume):
 
-    items      every training item, or the items `[validation] items` holds out of training
+    items      every training item, or the items `[validation] items` holds out of training;
+               at most `max_items` (32) of them, spread evenly over the dataset order
     timesteps  N integers (0..1000) spread over the expert's range [min_timestep,
                max_timestep]: the midpoints of N equal slices (high 875-1000, N = 4:
                891 922 953 984)
@@ -65,12 +66,20 @@ class ValidationSet:
         return len(self.samples)
 
 
+def spread(count: int, most: int) -> list[int]:
+    """At most `most` of `count` indices, evenly spread: 0, count/most, 2 count/most, ..."""
+    chosen = min(count, most)
+    return [k * count // chosen for k in range(chosen)]
+
+
 def build_validation_set(
-    samples: Samples, settings: ExpertSettings, timesteps: int, seed: int
+    samples: Samples, settings: ExpertSettings, timesteps: int, seed: int, max_items: int = 32
 ) -> ValidationSet:
-    """The fixed set for one expert: `timesteps` over its range, noise from `seed`."""
+    """The fixed set for one expert: at most `max_items` of `samples`, `timesteps` over its
+    range, noise from `seed`."""
     if not samples:
         raise ValueError("a validation set needs at least one item")
+    samples = [samples[i] for i in spread(len(samples), max_items)]
     steps = validation_timesteps(settings.min_timestep, settings.max_timestep, timesteps)
     n = len(samples)
     pairs = [(k % n, k % len(steps)) for k in range(max(n, len(steps)))]
