@@ -52,3 +52,11 @@ def test_attention_bench_runs_tiny_on_the_cpu():
     assert {r["shape"] for r in rows} == {"self", "cross"}
     for row in rows:
         assert row["backend"] == "math" and row["forward_ms"] > 0 and row["max_diff_out"] == 0
+
+
+def test_validation_bench_runs_tiny_on_the_cpu():
+    bench = load_benchmark("bench_validation.py")
+    result = bench.run(bench.bench_step.TINY, CPU, warmup=1, steps=1, items=2)
+    assert result["validation_forwards_per_point"] == 4  # 2 items, 4 timesteps
+    assert result["train_s_per_step"] > 0 and result["validation_point_s"] > 0
+    assert len(result["steps_after_validation_s"]) == 3 and result["recipe_overhead"] > 0

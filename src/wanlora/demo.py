@@ -67,6 +67,11 @@ save_state_every_n_steps = 18
 max_data_loader_n_workers = 0
 
 {models_toml(models)}
+# validation on 6 of the 18 images, at the start and the end only: the demo stays quick
+[validation]
+max_items = 6
+every_n_epochs = {epochs}
+
 [sample]
 prompts = ["{DEMO_TRIGGER}, a red circle on a blue background"]
 steps = 4

@@ -8,7 +8,8 @@ path under output/ by itself.
       samples/                  PNGs (and videos) rendered during and after training:
                                 train_<expert>_e<epoch>_p<i>_seed<s> (at epoch ends),
                                 p<i>_seed<s>_<strengths> / _base, compare_seed<s>_<strengths>
-      logs/<expert>/            TensorBoard event files
+      logs/<expert>/            TensorBoard event files, validation.jsonl (validation points)
+      verdict.json              does each LoRA move the model (train/verdict.py)
       report.html               the run's report
       run.json                  what the run was trained from, its status (run/records.py)
       runs/<N>/                 earlier runs, kept: the same names inside (`kept_run(N)`)
@@ -77,6 +78,15 @@ class OutputLayout:
 
     def logs_dir(self, expert: str) -> Path:
         return self.logs_root / expert
+
+    def validation_log(self, expert: str) -> Path:
+        """The expert's validation points, one JSON object a line (run/validation.py)."""
+        return self.logs_dir(expert) / "validation.jsonl"
+
+    @property
+    def verdict(self) -> Path:
+        """The end-of-training verdict per expert (train/verdict.py), for the report."""
+        return self.root / "verdict.json"
 
     @property
     def report(self) -> Path:

@@ -138,6 +138,7 @@ def _print_plan(project, plan) -> None:
 
 def _train_with_progress(project, **kwargs):
     from ..run.training import run_training
+    from ..run.validation import verdict_lines
     from .progress import TrainingProgress
     from .sample_cmds import sampling_during_training
 
@@ -155,6 +156,11 @@ def _train_with_progress(project, **kwargs):
     for r in results:
         verb = "already trained" if r.skipped else f"trained {r.steps} steps"
         console.print(f"{r.expert}: {verb} -> {r.lora_path}")
+    verdict = verdict_lines(project)
+    if verdict:
+        console.print("\nIs the LoRA working?", style="bold")
+        for line in verdict:
+            console.print(line, markup=False)
     return results
 
 

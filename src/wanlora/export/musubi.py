@@ -99,6 +99,12 @@ def check_expressible(config: RecipeConfig) -> None:
             "need a prompt file in its own format, which wanlora does not write",
             "remove sample.every_n_epochs to export, and render samples with `wanlora sample`",
         )
+    if config.validation.enabled and config.validation.items:
+        raise WanloraError(
+            "[validation] items cannot be exported: musubi-tuner trains on every image of the "
+            "dataset folder, held-out ones included",
+            "remove validation.items to export, or move those images out of the dataset folder",
+        )
 
 
 def train_command(

@@ -85,6 +85,9 @@ FIELD_EFFECTS: dict[str, Effect] = {
     "experts.*.dit": NONE,  # a path: the file is compared
     **_each("experts.*", RESULT, "min_timestep max_timestep output_name metadata_title"),
     # `wanlora sample` renders them again
+    # validation measures, it trains nothing; but its held-out items leave the training set
+    "validation.items": RESULT,
+    **_each("validation", NONE, "enabled every_n_epochs max_items timesteps seed"),
     **_each("sample", NONE, "prompts every_n_epochs steps width height seed guidance_scale shift"),
 }
 

@@ -91,9 +91,7 @@ class LoraSettings(StrictModel):
     network_module: Literal["networks.lora_wan"] = "networks.lora_wan"
     network_dim: int = Field(16, ge=1, le=1024)
     network_alpha: float = Field(16.0, gt=0)
-    network_dropout: float | None = Field(
-        None, ge=0, lt=1, json_schema_extra=unset("no dropout")
-    )
+    network_dropout: float | None = Field(None, ge=0, lt=1, json_schema_extra=unset("no dropout"))
 
 
 class OptimizerSettings(StrictModel):
@@ -236,6 +234,39 @@ class SampleSettings(StrictModel):
     shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
 
 
+class ValidationSettings(StrictModel):
+    """The validation loss and LoRA-effect check during training (ours; train/validation.py)."""
+
+    enabled: bool = Field(
+        True, description="a validation loss and the LoRA's effect per expert during training"
+    )
+    every_n_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epochs between validation points (the last epoch always gets one)",
+        json_schema_extra=unset("about 10 points a run: every max(1, max_train_epochs // 10)"),
+    )
+    items: list[str] = Field(
+        default_factory=list,
+        description="dataset items (file stems, or clip names) held out of training and "
+        "validated on while validation is enabled; empty: validate on every training item",
+    )
+    max_items: int = Field(
+        32,
+        ge=1,
+        description="at most this many items are validated on, spread evenly over the "
+        "dataset order (a point costs one forward an item)",
+    )
+    timesteps: int = Field(
+        4, ge=1, le=64, description="fixed timesteps spread over each expert's range"
+    )
+    seed: int | None = Field(
+        None,
+        description="seed of the validation noise (its own generator, never training's)",
+        json_schema_extra=unset("the training seed"),
+    )
+
+
 class RecipeConfig(StrictModel):
     """A complete training config: a recipe preset, plus a project's overrides."""
 
@@ -258,6 +289,7 @@ class RecipeConfig(StrictModel):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     sample: SampleSettings = Field(default_factory=SampleSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     experts: dict[str, ExpertSettings]
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ listens; here are the listeners a run attaches besides the CLI's progress bar:
 - epoch_monitor: a TrainingMonitor (wanlora.sampling.epoch_samples) at epoch ends: memory
   numbers, the [sample] images
 - StepPrinter: one line per step at most every 10 s, for launches without a terminal UI
+- ValidationMonitor (validation.py): validation loss and LoRA effect at epoch ends
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ from ..sampling.epoch_samples import TrainingMonitor
 from ..train.callbacks import StepReport
 
 
+def summary_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter on `log_dir`, or None without tensorboard."""
+    try:  # optional dependency: imported only when a run logs
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 class LossLog:
     """on_step: loss and lr at each step into a TensorBoard folder, made at the first step
     (nothing without tensorboard, an optional dependency)."""
@@ -35,12 +45,7 @@ class LossLog:
     def __call__(self, report: StepReport) -> None:
         if not self._tried:
             self._tried = True
-            try:  # optional dependency: imported only when a run logs
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                pass
-            else:
-                self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            self.writer = summary_writer(self.log_dir)
         if self.writer is not None:
             self.writer.add_scalar("loss", report.loss, report.step)
             self.writer.add_scalar("lr", report.lr, report.step)

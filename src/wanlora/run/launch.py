@@ -28,6 +28,7 @@ from ..train.strategy import ParallelStrategy, SingleProcess
 from .callbacks import StepPrinter, epoch_monitor
 from .checks import check_dataset_clean
 from .experts import run_expert
+from .validation import verdict_lines, write_verdict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             strategy.barrier()
             if rank == 0:
                 print(f"{expert}: {result.steps} steps -> {result.lora_path}", flush=True)
+        if rank == 0:  # does each LoRA move the model (output/verdict.json)
+            write_verdict(project)
+            for line in verdict_lines(project):
+                print(line, flush=True)
         return 0
     except WanloraError as exc:
         print(f"error (rank {rank}): {exc.one_line()}", file=sys.stderr, flush=True)

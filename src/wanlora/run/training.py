@@ -10,6 +10,7 @@
         one process:  experts.train_project -> experts.run_expert per expert, under
                       signals.stop_on_signals (SIGINT/SIGTERM: save at the step, Interrupted)
         workers:      workers.run_parallel  -> experts.run_expert in each worker
+      validation.write_verdict: does each LoRA move the model (output/verdict.json)
     describe_lora: a LoRA file in two lines, for the CLI and the demo
 
 The run layer builds what the engine (wanlora.train) is handed: the prepared data, the
@@ -38,6 +39,7 @@ from .kept import recorded
 from .lock import project_lock, remove_leftovers
 from .plan import Plan, make_plan
 from .signals import Interrupted, stop_on_signals
+from .validation import write_verdict
 from .workers import run_parallel
 
 
@@ -89,6 +91,7 @@ def run_training(
                 parallel_experts=parallel_experts,
                 data_parallel=data_parallel,
             )
+            write_verdict(project)  # each expert's from its validation log: output/verdict.json
         return plan.skipped_results() + results
 
 

@@ -1,5 +1,6 @@
 """Setting up one expert's training, one named part at a time (the loop calls them in order).
 
+    expert_dit         the expert's DiT file and the dtype training computes in
     load_expert_model  the expert's DiT (fp8-rounded like the reference), its speed plan
                        (speed/: storage, recompute, compile, and below the budget of the
                        weights the blocks streamed from host memory), the LoRA
@@ -42,16 +43,7 @@ def load_expert_model(
     project: Project, expert: str, config: RecipeConfig, device: torch.device
 ) -> tuple[torch.nn.Module, torch.dtype]:
     """The expert's DiT with its LoRA, in train mode, and the dtype it computes in."""
-    dit_path = resolve_model_path(config.experts[expert].dit, project.models_dir, project.root)
-    if not dit_path.exists():
-        raise WanloraError(
-            f"{dit_path}: DiT file for the {expert} expert not found",
-            f"run `wanlora download {project.root}` or set experts.{expert}.dit in wanlora.toml",
-        )
-    # the header alone: the file's dtype decides the compute dtype before any weight is read
-    dtype = compute_dtype(
-        config.training.mixed_precision, infer_dit_info(dit_path).file_dtype, dit_path
-    )
+    dit_path, dtype = expert_dit(project, expert, config)
     plan = speed_plan(config, device, dtype, dit_path)
     check_plan_fits(plan, config.training.max_vram_gb, expert)
     # streamed blocks never go to the GPU whole: the model is built on the CPU (the file is
@@ -70,6 +62,21 @@ def load_expert_model(
         raise out_of_memory(expert, f"while loading {dit_path.name} on {device}", exc) from None
     model.train()
     return model, dtype
+
+
+def expert_dit(project: Project, expert: str, config: RecipeConfig) -> tuple[Path, torch.dtype]:
+    """The expert's DiT file and the dtype training computes in (from the header alone:
+    the file's dtype decides it before any weight is read)."""
+    dit_path = resolve_model_path(config.experts[expert].dit, project.models_dir, project.root)
+    if not dit_path.exists():
+        raise WanloraError(
+            f"{dit_path}: DiT file for the {expert} expert not found",
+            f"run `wanlora download {project.root}` or set experts.{expert}.dit in wanlora.toml",
+        )
+    dtype = compute_dtype(
+        config.training.mixed_precision, infer_dit_info(dit_path).file_dtype, dit_path
+    )
+    return dit_path, dtype
 
 
 def speed_plan(

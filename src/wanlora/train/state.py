@@ -90,7 +90,10 @@ def recipe_hash(config: RecipeConfig, expert: str) -> str:
 def legacy_recipe_hash(config: RecipeConfig, expert: str) -> str:
     """recipe_hash as versions before run records computed it: a state they saved is
     recognised (run/adopt.py re-keys it) instead of refused as changed settings."""
-    data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
+    # [validation] did not exist then
+    data = config.model_dump(
+        mode="json", exclude={"project", "sample", "validation", "description"}
+    )
     data["experts"] = {expert: data["experts"][expert]}
     skip = ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb", "cuda_graph")
     for key in skip:

@@ -2,7 +2,8 @@
 
     draws          noise ~ N(0, 1), then t from the expert's timestep range (that order)
     model_inputs   noisy = (1 - t) x + t noise, target = noise - x, text padded to 512 rows
-    prediction_loss  the DiT's prediction under autocast; MSE against the target in float32
+    velocity_prediction  the DiT's prediction under autocast (validation.py calls it too)
+    prediction_loss  that prediction's MSE against the target in float32
     training_step  forward + scaled backward of one micro-batch (1/accumulation)
     optimizer_step unscale + clip (if max_grad_norm > 0), scaler step, zero the gradients
     Stepper        the loop's one object for these: a micro-batch (trained, replayed from a
@@ -78,17 +79,22 @@ def model_inputs(
     return StepInputs(noisy.to(device), t.to(device), context.to(device), target.to(device))
 
 
-def prediction_loss(model, noisy, t, context, target, dtype, cache_enabled=True) -> torch.Tensor:
-    """The DiT's velocity prediction for the noisy latents, and its MSE loss in float32."""
+def velocity_prediction(model, noisy, t, context, dtype, cache_enabled=True) -> torch.Tensor:
+    """The DiT's velocity prediction for the noisy latents (in the compute dtype)."""
     with autocast(noisy.device, dtype, cache_enabled=cache_enabled):
         # the context goes in as float32 so the time embedding (run in float32) keeps its
         # dtype; the text projection's linears still run in the compute dtype under autocast
-        prediction = model(
+        return model(
             hidden_states=noisy.to(dtype),
             timestep=dit_timestep(t),
             encoder_hidden_states=context,
             return_dict=False,
         )[0]
+
+
+def prediction_loss(model, noisy, t, context, target, dtype, cache_enabled=True) -> torch.Tensor:
+    """The DiT's velocity prediction for the noisy latents, and its MSE loss in float32."""
+    prediction = velocity_prediction(model, noisy, t, context, dtype, cache_enabled)
     return F.mse_loss(prediction.float(), target.float())
 
 
