@@ -85,7 +85,9 @@ def recipe_hash(config: RecipeConfig, expert: str) -> str:
     data["experts"] = {expert: data["experts"][expert]}
     # not what is computed: how often states are saved, loader threads, the memory budget
     # (it changes only storage and recompute, both bit-identical), CUDA graphs (rounding only)
+    # text_fold: the same maths, rounding only
     skip = ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb", "cuda_graph")
+    skip += ("text_fold",)
     for key in skip:
         data["training"].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
