@@ -139,8 +139,13 @@ def test_folded_attention_traces_into_one_graph_under_dynamo(project, samples):
     assert explained.graph_break_count == 0, explained.break_reasons
 
 
-def test_plan_folds_by_default_and_off_keeps_the_plain_attention(project):
+def test_plan_folds_on_cuda_by_default_and_off_keeps_the_plain_attention(project):
     training = project.config.training
-    assert plan_speed(training, CPU, torch.float16).text_fold
+    assert training.text_fold == "auto"
+    cuda = dict(free_bytes=80 * 2**30)  # planned for a CUDA card without one
+    assert plan_speed(training, torch.device("cuda"), torch.float16, **cuda).text_fold
+    assert not plan_speed(training, CPU, torch.float16).text_fold  # auto: CUDA only
+    on = training.model_copy(update={"text_fold": "on"})
+    assert plan_speed(on, CPU, torch.float16).text_fold
     off = training.model_copy(update={"text_fold": "off"})
-    assert not plan_speed(off, CPU, torch.float16).text_fold
+    assert not plan_speed(off, torch.device("cuda"), torch.float16, **cuda).text_fold

@@ -225,9 +225,12 @@ class SpeedPlan:
 
 def plan_speed(training, device: torch.device, compute_dtype: torch.dtype, **shape_args) -> SpeedPlan:
     """`plan_storage_and_recompute` (below, which takes the same arguments) plus the text
-    fold (`training.text_fold`; objects without the field keep the plain attention)."""
+    fold (`training.text_fold`, auto: on for CUDA; objects without the field keep the plain
+    attention)."""
     plan = plan_storage_and_recompute(training, device, compute_dtype, **shape_args)
-    return dataclasses.replace(plan, text_fold=getattr(training, "text_fold", "off") == "on")
+    setting = getattr(training, "text_fold", "off")
+    fold = setting == "on" or (setting == "auto" and device.type == "cuda")
+    return dataclasses.replace(plan, text_fold=fold)
 
 
 def plan_storage_and_recompute(
