@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-UMT5_XXL = dict(d_model=4096, d_ff=10240, num_heads=64, num_layers=24)
+UMT5_XXL = dict(d_ff=10240, num_heads=64, num_layers=24)  # d_model: the DiT text_dim, 4096
 UMT5_XXL_VOCAB = 256384
 WAN21_VAE_BASE_DIM = 96
 RECIPE_EPOCHS = 100
