@@ -134,10 +134,10 @@ def attention_times(device, rows_folded=128, heads=40, q_len=3600, reps=20) -> l
         mask = fold_bias(rows, dtype, device) if masked else None
         grad = torch.randn(1, heads, q_len, 128, device=device, dtype=dtype)
         for name, backend in backends.items():
-            ctx = sdpa_kernel([backend]) if backend is not None else _null()
 
-            def run(ctx=ctx, k=k, v=v, mask=mask, grad=grad):
-                with ctx:
+            def run(backend=backend, k=k, v=v, mask=mask, grad=grad):
+                # a fresh context each call: sdpa_kernel's context manager is single-use
+                with sdpa_kernel([backend]) if backend is not None else _null():
                     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
                 out.backward(grad)
 

@@ -139,6 +139,26 @@ def test_folded_attention_traces_into_one_graph_under_dynamo(project, samples):
     assert explained.graph_break_count == 0, explained.break_reasons
 
 
+def test_compiled_block_takes_captions_of_several_lengths(project):
+    """A run's captions differ in length: dynamo sees several row counts, makes the text
+    length dynamic, and the bias must still build inside the graph (seen on the H200: Python
+    maths on the symbolic length failed a guard)."""
+    torch._dynamo.reset()
+    folded = lora_model(project, fold=True)
+    block = folded.blocks[0]
+    compiled = torch.compile(block, backend="aot_eager")
+    hidden, temb = torch.randn(1, 16, 256), torch.randn(1, 6, 256)
+    rotary = folded.rope(torch.randn(1, 16, 1, 8, 8))
+    for rows in (64, 128, 192, 128):
+        context = torch.zeros(1, rows, 256)
+        context[:, :5] = torch.randn(1, 5, 256)
+        with torch.no_grad():
+            expected = block(hidden, context, temb, rotary)
+            got = compiled(hidden, context, temb, rotary)
+        torch.testing.assert_close(got, expected)
+    torch._dynamo.reset()
+
+
 def test_plan_folds_on_cuda_by_default_and_off_keeps_the_plain_attention(project):
     training = project.config.training
     assert training.text_fold == "auto"

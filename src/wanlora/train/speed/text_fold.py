@@ -72,12 +72,31 @@ def count_biases(count: int, dtype: torch.dtype, keys: int = BIAS_KEYS) -> tuple
     return tuple(out)
 
 
-def fold_bias(rows: int, dtype: torch.dtype, device, full: int = TEXT_LEN) -> torch.Tensor:
-    """The (1, 1, 1, rows) additive score bias of a folded context of `rows` rows."""
-    count = full - rows + BIAS_KEYS  # padding rows left out + the bias keys themselves
-    bias = torch.zeros(rows, dtype=dtype, device=device)
-    bias[rows - BIAS_KEYS :] = torch.tensor(count_biases(count, dtype), dtype=dtype, device=device)
-    return bias.view(1, 1, 1, rows)
+def fold_bias(rows, dtype: torch.dtype, device, full: int = TEXT_LEN) -> torch.Tensor:
+    """The (1, 1, 1, rows) additive score bias of a folded context of `rows` rows.
+
+    Tensor ops only, the same greedy as `count_biases`: inside a compiled block `rows` may be
+    a symbolic size (dynamo makes the text length dynamic once it has seen two), and Python
+    arithmetic on it would put float guards on the graph."""
+    f64 = dict(dtype=torch.float64, device=device)
+    left = torch.full((), full + BIAS_KEYS, **f64) - rows  # padding left out + the bias keys
+    terms = []
+    for _ in range(BIAS_KEYS):
+        terms.append(round_down_tensor(left, dtype))
+        left = left - terms[-1].exp()
+    bias = torch.zeros(rows, **f64)
+    bias[rows - BIAS_KEYS :] = torch.stack(terms)
+    return bias.to(dtype).view(1, 1, 1, rows)
+
+
+def round_down_tensor(left: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float64: the largest value of `dtype` <= log(left) (`round_down` in tensor ops);
+    nothing left (<= 1e-30): the dtype's minimum, a key of weight exp(min) == 0."""
+    x = left.clamp(min=1e-30).log()
+    exponent = torch.floor(torch.log2(x.abs().clamp(min=1e-30))) + 1
+    scale = torch.exp2(SIGNIFICANT_BITS[dtype] - exponent)
+    down = torch.where(x == 0, x, torch.floor(x * scale) / scale)
+    return torch.where(left <= 1e-30, torch.finfo(dtype).min, down)
 
 
 class FoldedTextAttnProcessor(WanAttnProcessor):
