@@ -115,7 +115,9 @@ def write_models(models: Path, tiny: bool) -> dict[str, str]:
     }
 
 
-def project_toml(epochs: int, resolution: int, models: dict[str, str], sample: int) -> str:
+def project_toml(
+    epochs: int, resolution: int, models: dict[str, str], sample: int, steps: int = 30
+) -> str:
     from wanlora.demo import models_toml
 
     paths = {k: f"models/{v}" for k, v in models.items()}
@@ -139,12 +141,15 @@ save_every_n_epochs = {epochs}
 [sample]
 prompts = ["{PROMPT}"]
 every_n_epochs = {epochs}
+steps = {steps}
 width = {sample}
 height = {sample}
 """
 
 
-def write_project(root: Path, *, epochs: int, tiny: bool, images: int) -> Path:
+def write_project(
+    root: Path, *, epochs: int, tiny: bool, images: int, sample_steps: int = 30
+) -> Path:
     from PIL import Image
 
     from wanlora.demo import write_demo_dataset
@@ -158,7 +163,7 @@ def write_project(root: Path, *, epochs: int, tiny: bool, images: int) -> Path:
             with Image.open(image_path) as image:
                 square = image.convert("RGB").resize((resolution, resolution))
             square.save(image_path)
-    text = project_toml(epochs, resolution, models, 32 if tiny else 960)
+    text = project_toml(epochs, resolution, models, 32 if tiny else 960, sample_steps)
     atomic_write_text(root / "wanlora.toml", text)
     return root
 
@@ -262,10 +267,14 @@ def main(argv=None) -> int:
     p.add_argument("--expert", action="append", help="train only this expert (repeatable)")
     p.add_argument("--tiny", action="store_true", help="tiny models (the CPU smoke test)")
     p.add_argument("--images", type=int, default=IMAGES)
+    p.add_argument("--sample-steps", type=int, default=30, help="the recipe's default: 30")
     p.add_argument("--write-only", action="store_true", help="write the files, run nothing")
     args = p.parse_args(argv)
     t0 = time.time()
-    root = write_project(args.dir, epochs=args.epochs, tiny=args.tiny, images=args.images)
+    root = write_project(
+        args.dir, epochs=args.epochs, tiny=args.tiny, images=args.images,
+        sample_steps=args.sample_steps,
+    )  # fmt: skip
     written = round(time.time() - t0, 1)
     print(f"files ready in {written} s: {root}", flush=True)
     if args.write_only:
