@@ -102,6 +102,12 @@ VARIANTS["fast-nograph"] = dict(VARIANTS["fast"], graph=False, desc="FAST, eager
 VARIANTS["fast-no-t"] = dict(
     VARIANTS["fast"], transposed=False, desc="FAST without transposed fp8 copies"
 )
+VARIANTS["exact-nofold"] = dict(
+    VARIANTS["exact"], text_fold="off", desc="exact, all 512 text rows attended (no fold)"
+)
+VARIANTS["fast-nofold"] = dict(
+    VARIANTS["fast"], text_fold="off", desc="FAST, all 512 text rows attended (no fold)"
+)
 VARIANTS["exact-peftcast"] = dict(
     VARIANTS["exact-nograph"], peft_cast=True, desc="exact, eager step, peft casts"
 )
@@ -260,6 +266,7 @@ def run_variant(
         model.enable_gradient_checkpointing()
     else:
         update = {k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
+        update["text_fold"] = spec.get("text_fold", "on")
         training = recipe.training.model_copy(update=dict(update, max_vram_gb=max_vram_gb))
         plan_training = training
         shape = DitShape.wan(
@@ -350,6 +357,7 @@ def _steps(
     warmup,
     steps,
 ):
+    from wanlora.train.speed.text_fold import text_rows
     from wanlora.train.step import model_inputs, training_step
 
     cuda = device.type == "cuda"
@@ -362,7 +370,8 @@ def _steps(
         start = time.perf_counter()
         batch = [step % len(samples)]
         if graphed is not None:  # the whole step (optimiser included) replayed from a graph
-            inputs = model_inputs(samples, batch, recipe, expert, generator, device)
+            rows = text_rows(model, [samples[i][1].shape[0] for i in batch])
+            inputs = model_inputs(samples, batch, recipe, expert, generator, device, rows)
             loss = graphed(*inputs).item()
         else:
             loss = training_step(
@@ -566,6 +575,9 @@ def loss_diffs(results: list[dict]) -> str:
     lines = []
     for a, b in [
         ("exact", "fast"),
+        ("exact-nofold", "exact"),  # the text fold: same maths, rounding only
+        ("fast-nofold", "fast"),
+        ("exact-nofold", "fast-nofold"),
         ("exact-lowmem", "fast-lowmem"),
         ("reference", "exact"),
         ("reference", "exact-lowmem"),

@@ -77,7 +77,7 @@ FIELD_EFFECTS: dict[str, Effect] = {
         "training",
         NONE,
         "save_every_n_epochs save_state_every_n_steps max_data_loader_n_workers "
-        "gradient_checkpointing checkpointing fp8_storage cuda_graph max_vram_gb",
+        "gradient_checkpointing checkpointing fp8_storage cuda_graph max_vram_gb text_fold",
     ),
     # paths: the model files themselves are compared (size and fingerprint)
     **_each("models", NONE, "dir vae text_encoder tokenizer"),

@@ -170,6 +170,13 @@ class TrainingSettings(StrictModel):
         "CPU's launch time, results equal up to rounding. auto: on a GPU when no block recomputes, "
         "gradient_accumulation_steps is 1, max_grad_norm is 0 and one process trains",
     )
+    text_fold: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="cross-attention attends to the caption's ~390 identical zero-padding rows "
+        "as a few keys weighted by their count (the same maths, float32 rounding; the padding's "
+        "K/V projections and attention computed once); off: all 512 rows, as the reference "
+        "computes them; auto: on for CUDA, off on CPU",
+    )
     max_vram_gb: float | None = Field(
         None,
         gt=0,

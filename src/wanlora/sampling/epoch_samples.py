@@ -33,6 +33,7 @@ from .pipeline import (
     RenderSpec,
     module_bytes,
     module_device,
+    move_unless_streamed,
     needs_offload,
     render,
 )
@@ -146,7 +147,7 @@ class TrainingMonitor:
                 if module is not model:
                     module.to("cpu")
             self._vae.to("cpu")
-            model.to(train_device)
+            move_unless_streamed(model, train_device)  # a block-swapped model never moved
             model.train(was_training)
             free_device_memory(self.device)
         strengths = {name: (1.0 if name == expert else 0.0) for name in self.names}

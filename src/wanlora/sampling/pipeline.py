@@ -68,6 +68,20 @@ def module_device(module: nn.Module) -> torch.device:
     return next(itertools.chain(module.parameters(), module.buffers())).device
 
 
+def streams_its_blocks(module: nn.Module) -> bool:
+    """A model whose blocks stream from host memory during its forward (training's block
+    swap on a small card sets `wanlora_block_swap`; sampling cannot import train). It already
+    runs where it is: `.to(device)` would copy every streamed weight onto the GPU and undo
+    the swap, `.to("cpu")` would move its ring and resident blocks off. Never moved."""
+    return getattr(module, "wanlora_block_swap", None) is not None
+
+
+def move_unless_streamed(module: nn.Module, device: torch.device | str) -> None:
+    """`module.to(device)`, except for a model that streams its blocks (stays in place)."""
+    if not streams_its_blocks(module):
+        module.to(device)
+
+
 def needs_offload(
     sizes: Sequence[int],
     device: torch.device,
@@ -89,6 +103,8 @@ def needs_offload(
 class ExpertResidency:
     """Which expert sits on the compute device; the others wait on `offload_device`.
 
+    A model that streams its blocks from host memory (training's block swap) is never moved:
+    it runs where it is, its resident part staying on the GPU through every switch.
     Without offload every expert is moved to `device` once. With offload a forward pre-hook
     on each expert moves it to `device` on its first call after the switch and moves the
     previously active one to `offload_device` first (so the two are never both on the GPU).
@@ -112,9 +128,11 @@ class ExpertResidency:
         self._handles = []
         if not offload:
             for module in experts.values():
-                module.to(self.device)
+                move_unless_streamed(module, self.device)
             return
         for name, module in experts.items():
+            if streams_its_blocks(module):
+                continue  # in place on both sides of every switch
             if module_device(module) == self.device and self.active is None:
                 self.active = name  # already in place (e.g. the model being trained)
             elif module_device(module) != self.offload_device:
@@ -129,6 +147,8 @@ class ExpertResidency:
         return pre_forward
 
     def _move(self, name: str, device: torch.device, event: str) -> None:
+        if streams_its_blocks(self.experts[name]):
+            return  # runs in place: its blocks come to the GPU one by one as it runs
         self.experts[name].to(device)
         self.events.append((event, name))
 

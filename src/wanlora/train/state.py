@@ -95,7 +95,9 @@ def legacy_recipe_hash(config: RecipeConfig, expert: str) -> str:
         mode="json", exclude={"project", "sample", "validation", "description"}
     )
     data["experts"] = {expert: data["experts"][expert]}
+    # not in the legacy hash: fields that did not exist then (text_fold)
     skip = ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb", "cuda_graph")
+    skip += ("text_fold",)
     for key in skip:
         data["training"].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

@@ -2,6 +2,7 @@
 
     draws          noise ~ N(0, 1), then t from the expert's timestep range (that order)
     model_inputs   noisy = (1 - t) x + t noise, target = noise - x, text padded to 512 rows
+                   (or folded to fewer: speed/text_fold.py, same maths)
     velocity_prediction  the DiT's prediction under autocast (validation.py calls it too)
     prediction_loss  that prediction's MSE against the target in float32
     training_step  forward + scaled backward of one micro-batch (1/accumulation)
@@ -23,9 +24,10 @@ import torch.nn.functional as F
 
 from ..lora.inject import lora_parameters
 from ..models.precision import autocast
-from ..models.text_encoder import pad_context
+from ..models.text_encoder import TEXT_LEN, pad_context
 from ..recipes.schema import ExpertSettings, RecipeConfig
 from .speed.cuda_graph import GraphedStep
+from .speed.text_fold import text_rows
 from .state import TrainingParts
 from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
 
@@ -37,7 +39,7 @@ class StepInputs(NamedTuple):
 
     noisy: torch.Tensor  # (B, C, F, H, W) noisy latents
     t: torch.Tensor  # (B,) in [0, 1]
-    context: torch.Tensor  # (B, 512, D) padded text embeddings, float32
+    context: torch.Tensor  # (B, rows, D) padded text embeddings, float32 (rows: text_rows)
     target: torch.Tensor  # (B, C, F, H, W) velocity target, noise - latents
 
 
@@ -70,10 +72,12 @@ def model_inputs(
     settings: ExpertSettings,
     generator: torch.Generator,
     device: torch.device,
+    rows: int = TEXT_LEN,
 ) -> StepInputs:
-    """A micro-batch's DiT inputs on the device: noisy latents, t, padded text, target."""
+    """A micro-batch's DiT inputs on the device: noisy latents, t, text zero-padded to
+    `rows` (512, or fewer for a model that folds the padding: `text_rows`), target."""
     latents = torch.stack([samples[i][0] for i in batch]).float()
-    context = torch.stack([pad_context(samples[i][1]) for i in batch]).float()
+    context = torch.stack([pad_context(samples[i][1], rows) for i in batch]).float()
     noise, t = draws(samples, batch, config, settings, generator)
     noisy, target = noisy_and_target(latents, noise, t)
     return StepInputs(noisy.to(device), t.to(device), context.to(device), target.to(device))
@@ -102,7 +106,8 @@ def training_step(
     model, samples, batch, config, settings, generator, device, dtype, scaler
 ) -> float:
     """Forward + backward for one micro-batch; returns the loss value."""
-    inputs = model_inputs(samples, batch, config, settings, generator, device)
+    rows = text_rows(model, [samples[i][1].shape[0] for i in batch])
+    inputs = model_inputs(samples, batch, config, settings, generator, device, rows)
     loss = prediction_loss(model, *inputs, dtype)
     scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
     scaled.backward()
@@ -149,7 +154,8 @@ class Stepper:
         another rank trains it, take its draws off the generator and return None."""
         args = (self.samples, batch, self.config, self.settings, self.generator)
         if self.graphed is not None:
-            return self.graphed(*model_inputs(*args, self.device)).item()
+            rows = text_rows(self.model, [self.samples[i][1].shape[0] for i in batch])
+            return self.graphed(*model_inputs(*args, self.device, rows)).item()
         if owned:
             return training_step(self.model, *args, self.device, self.dtype, self.scaler)
         draws(*args)
