@@ -80,7 +80,9 @@ def test_only_the_marked_parts_are_rewritten():
         "middle | table |\n<!-- table: t -->\n| a |\n<!-- /table -->\n"
         "about <!--fig:f-->1<!--/fig--> min, ```not a block```\n"
     )
-    new = rewrite(text, lambda part: {"output": "new\nlines", "table": "| b |", "fig": "2"}[part.kind])
+    new = rewrite(
+        text, lambda part: {"output": "new\nlines", "table": "| b |", "fig": "2"}[part.kind]
+    )
     assert new == (
         "intro 23.2 GB stays\n<!-- output: wanlora x -->\n```text\nnew\nlines\n```\n"
         "<!-- /output -->\nmiddle | table |\n<!-- table: t -->\n| b |\n<!-- /table -->\n"
@@ -100,3 +102,28 @@ def test_output_paths_are_relative_and_volatile_numbers_masked():
     b = " high ━━━━━━━━ 18/18 loss 2.4776  lr 1.00e-07  7.07 s/step 0:00:01"
     assert make_outputs.comparable(a) == make_outputs.comparable(b)
     assert make_outputs.comparable("18 images") != make_outputs.comparable("17 images")
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under the heading containing `heading` (numbers may change), to the next one."""
+    match = re.search(
+        rf"^(#+) [^\n]*{re.escape(heading)}[^\n]*\n(.*?)(?=^#{{1,3}} )", text, re.M | re.S
+    )
+    assert match, f"the tutorial has no section {heading!r}"
+    return match.group(2)
+
+
+def test_the_tutorial_has_the_sections_a_new_user_asked_for():
+    text = make_outputs.DOCS[0].read_text(encoding="utf-8")
+    install = _section(text, "Install on your own computer")
+    for needed in ("PyTorch first", "CPU", "CUDA", "nvidia-smi", "pip install -e ."):
+        assert needed in install, needed
+    assert not re.search(r"https?://|download\.pytorch\.org", install), (
+        "the install section says where to choose the build, without naming a download host"
+    )
+    remote = _section(text, "On a rented machine")
+    for needed in ("tmux new", "nohup wanlora train", "scp ", "rsync "):
+        assert needed in remote, needed
+    assert "ssh -L 6006:localhost:6006" in text  # TensorBoard over an ssh tunnel
+    samples = _section(text, "[sample] every_n_epochs")
+    assert "every_n_epochs = 10" in samples and "output/samples/" in samples
