@@ -46,6 +46,7 @@ VOLATILE = [
     (re.compile(r"\d+:\d\d:\d\d"), "T"),
     (re.compile(r"━+"), "━"),
     (re.compile(r"\b\d+ steps\b"), "N steps"),
+    (re.compile(r" {2,}"), " "),  # rich pads the bar's columns to the widest value
 ]
 
 
