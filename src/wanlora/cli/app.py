@@ -93,8 +93,38 @@ def corrected_command(exc: NotAProjectFolder, args: list[str]) -> str:
     return shlex.join(["wanlora", *args])
 
 
+BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def flag_given_a_value(args: list[str]) -> str | None:
+    """`--overwrite true`: a flag takes no value; say so instead of click's "unexpected extra
+    argument (true)". A word that names an existing folder is left alone (a project)."""
+    import typer.main
+
+    flags: dict[str, str | None] = {}  # flag -> its off spelling (--sequential), if any
+    stack = [typer.main.get_command(app)]
+    while stack:
+        command = stack.pop()
+        stack += list(getattr(command, "commands", {}).values())
+        for param in command.params:
+            if getattr(param, "is_flag", False):
+                off = (getattr(param, "secondary_opts", None) or [None])[0]
+                flags.update(dict.fromkeys(param.opts, off))
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in flags and value.lower() in BOOL_WORDS and not Path(value).is_dir():
+            on = value.lower() in {"true", "yes", "on", "1"}
+            off = flags[flag]
+            fix = f"write {flag} alone" if on else (f"write {off}" if off else "leave it out")
+            return f"{flag} is a flag and takes no value (got `{flag} {value}`) -- {fix}"
+    return None
+
+
 def main() -> None:
-    """Entry point: run the app; a WanloraError is one red line and its exit code (1)."""
+    """Entry point: run the app; a WanloraError is one red line and its exit code (1, or 2 for a refused plan)."""
+    problem = flag_given_a_value(sys.argv[1:])
+    if problem is not None:
+        err_console.print(styled("error:", "bold red"), problem, highlight=False)
+        sys.exit(2)
     try:
         app(prog_name="wanlora")
     except WanloraError as exc:

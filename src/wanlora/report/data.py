@@ -242,14 +242,39 @@ def sample_sets(project: Project) -> SampleSets:
 class ExpertPerformance:
     expert: str
     last_step: int | None  # None: no loss logged yet
-    training_seconds: float | None  # estimated for all steps, without time spent sampling
-    seconds_per_step: float | None  # None with fewer than two logged steps
+    training_seconds: float | None  # seconds_per_step x steps: training only
+    seconds_per_step: float | None  # mean measured step time; None: no step time known
     last_loss: float | None
     peak_vram_gib: float | None  # recorded once per epoch, CUDA only
     peak_rss_gib: float | None
     sample_seconds: float | None
     lora_file: Path
     lora_bytes: int | None  # None: not trained
+
+
+def measured_step_seconds(step_seconds: Series | None) -> float | None:
+    """The mean of the steps' own measured times (perf/step_seconds, one per optimiser step,
+    the last wins for a step logged twice): training only, so neither a pause between an
+    interrupt and its resume nor sampling at an epoch end is in it."""
+    if not step_seconds or not step_seconds.values:
+        return None
+    return sum(step_seconds.values) / len(step_seconds.values)
+
+
+def wall_clock_step_seconds(loss: Series, sample_time: Series | None) -> float | None:
+    """For logs without perf/step_seconds: the time between the first and last logged step,
+    less the sampling in between, per step (a pause before a resume is counted in)."""
+    if len(loss.steps) < 2:
+        return None
+    elapsed = loss.wall_times[-1] - loss.wall_times[0]
+    if sample_time and sample_time.values:  # samples rendered between logged steps
+        between = [
+            v
+            for v, w in zip(sample_time.values, sample_time.wall_times, strict=True)
+            if loss.wall_times[0] < w < loss.wall_times[-1]
+        ]
+        elapsed = max(0.0, elapsed - sum(between))
+    return elapsed / (len(loss.steps) - 1)
 
 
 def expert_performance(
@@ -263,17 +288,10 @@ def expert_performance(
         sample_time = tags.get("perf/sample_seconds")
         last_step = seconds = per_step = last_loss = None
         if loss and loss.steps:
-            elapsed = loss.wall_times[-1] - loss.wall_times[0]
-            if sample_time and sample_time.values:  # samples rendered between logged steps
-                between = [
-                    v
-                    for v, w in zip(sample_time.values, sample_time.wall_times, strict=True)
-                    if loss.wall_times[0] < w < loss.wall_times[-1]
-                ]
-                elapsed = max(0.0, elapsed - sum(between))
-            if len(loss.steps) > 1:
-                per_step = elapsed / (len(loss.steps) - 1)
-            seconds = per_step * loss.steps[-1] if per_step is not None else elapsed
+            per_step = measured_step_seconds(tags.get("perf/step_seconds"))
+            if per_step is None:  # logs written before steps were timed
+                per_step = wall_clock_step_seconds(loss, sample_time)
+            seconds = per_step * loss.steps[-1] if per_step is not None else None
             last_step, last_loss = loss.steps[-1], loss.values[-1]
 
         def peak(tag: str, tags=tags) -> float | None:

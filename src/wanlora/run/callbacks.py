@@ -3,8 +3,8 @@
 The loop (wanlora.train.loop) reports steps and epoch ends and knows nothing of who
 listens; here are the listeners a run attaches besides the CLI's progress bar:
 
-- LossLog: loss and lr per step into TensorBoard (output/logs/<expert>), by the process
-  that writes the run's files
+- LossLog: loss, lr and the step's measured time (perf/step_seconds) per step into
+  TensorBoard (output/logs/<expert>), by the process that writes the run's files
 - epoch_monitor: a TrainingMonitor (wanlora.sampling.epoch_samples) at epoch ends: memory
   numbers, the [sample] images
 - StepPrinter: one line per step at most every 10 s, for launches without a terminal UI
@@ -34,8 +34,10 @@ def summary_writer(log_dir: Path):
 
 
 class LossLog:
-    """on_step: loss and lr at each step into a TensorBoard folder, made at the first step
-    (nothing without tensorboard, an optional dependency)."""
+    """on_step: loss, lr and the step's own wall time at each step into a TensorBoard folder,
+    made at the first step (nothing without tensorboard, an optional dependency). The step
+    time is what the loop measured around the step, so the report's s/step leaves out what
+    happens between steps: a pause before a resume, sampling at an epoch end."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -49,6 +51,7 @@ class LossLog:
         if self.writer is not None:
             self.writer.add_scalar("loss", report.loss, report.step)
             self.writer.add_scalar("lr", report.lr, report.step)
+            self.writer.add_scalar("perf/step_seconds", report.seconds, report.step)
 
     def close(self) -> None:
         if self.writer is not None:
