@@ -82,3 +82,13 @@ def shrink_mp4(data: bytes, max_width: int, fps: int, *, crf: int = 28) -> bytes
         size = (max_width, max(2, round(frames[0].height * max_width / frames[0].width)))
         frames = [f.resize(size, Image.LANCZOS) for f in frames]
     return encode_mp4(frames, fps, crf=crf)
+
+
+def video_info(path) -> tuple[int, int, float] | None:
+    """(width, height, fps) of a video file; None if it does not open."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return stream.width, stream.height, float(stream.average_rate or 16)
+    except Exception:
+        return None
