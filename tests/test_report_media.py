@@ -9,13 +9,16 @@ import re
 import pytest
 import torch
 
-from test_report import chromium, run_chromium
+from test_report import chromium, run_chromium, write_logs
 from wanlora.demo import create_demo_project
 from wanlora.outputs import OutputLayout
 from wanlora.recipes import load_project
 from wanlora.report import build_report
+from wanlora.report.data import expert_performance, read_scalars
+from wanlora.report.validation import ValidationPoint
 from wanlora.run.experts import train_project
 from wanlora.sampling.epoch_samples import TrainingMonitor
+from wanlora.sampling.sample import sample_project
 
 CPU = torch.device("cpu")
 KEEP_ITEMS = 3  # a few dataset images: the run takes seconds, not minutes
@@ -82,6 +85,9 @@ def trained(tmp_path_factory):
         train_project(project, device=CPU, on_epoch_end=monitor)
     finally:
         monitor.close()
+    sample_project(
+        project, ["a green square"], seeds=[3], steps=2, width=32, height=32, frames=5, device=CPU
+    )
     layout = OutputLayout.of(project)
     for expert in ("high", "low"):
         write_validation(layout, expert, 2 * KEEP_ITEMS)
@@ -127,12 +133,15 @@ def test_grid_verdict_curves_and_costs(trained):
     assert grid.count("<video") == 1 + 4 * 2  # the base once, then epochs x strengths
     for attribute in ("muted", "loop", "autoplay", "playsinline"):
         assert grid.count(f" {attribute}") == 9
-    assert "The grid embeds 9 videos and 9 stills" in page
+    assert "Samples embedded in this page: 10 videos and 9 grid stills" in page
+    # a `wanlora sample --frames 5` clip plays in the latest samples
+    latest = page[page.index("<h3>Latest samples</h3>") :]
+    assert latest.index("<video") < latest.index("</div>")
     # validation curves beside the training loss; costs apart from training
     assert 'alt="validation loss and LoRA effect"' in page
     assert re.search(r"sampling \d+m \d\ds \(\d+% of training\)", page)
     assert "validation 0m 09s" in page  # 2 experts x 3 points x 1.5 s (half a line skipped)
-    assert "3.0 s</td>" in page  # the validation column, per expert
+    assert "<td>4.5 s</td>" in page  # the validation column: 3 points x 1.5 s per expert
 
 
 def test_report_without_validation_or_verdict_leaves_them_out(trained, tmp_path):
@@ -165,7 +174,7 @@ def test_every_image_and_video_loads_in_chromium(trained, tmp_path):
     probe = json.loads(match.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert probe["sections"][0] == "verdict"
     assert probe["images"] == KEEP_ITEMS + 4 and probe["broken"] == []  # thumbs, 4 plots
-    assert len(probe["videos"]) == 9
+    assert len(probe["videos"]) == 10
     for video in probe["videos"]:
         assert video["error"] is None and video["ready"] >= 2 and video["width"] == 32, video
         assert video["muted"] and video["loop"] and video["autoplay"]
@@ -179,3 +188,19 @@ def test_every_image_and_video_loads_in_chromium(trained, tmp_path):
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
     assert "ERR_" not in result.stderr
+
+
+def test_seconds_per_step_is_training_alone(tmp_path):
+    """Validation between logged steps is not training time; the base model's (step 0,
+    before the first step) and the last one's (after the last logged step) fall outside."""
+    project = create_demo_project(tmp_path / "demo", epochs=2)
+    write_logs(project)  # 36 steps, 2 s apart
+    logs = {e: read_scalars(project.output_dir / "logs" / e) for e in ("high", "low")}
+    plain = {p.expert: p for p in expert_performance(project, logs)}
+    assert plain["high"].seconds_per_step == pytest.approx(2.0)
+    assert plain["high"].validation_seconds is None
+    points = [ValidationPoint("high", step, 0, 0.5, 0.0, 7.0) for step in (0, 18, 36)]
+    checked = {p.expert: p for p in expert_performance(project, logs, {"high": points})}
+    assert checked["high"].seconds_per_step == pytest.approx((70 - 7) / 35)
+    assert checked["high"].validation_seconds == pytest.approx(21.0)
+    assert checked["low"].seconds_per_step == pytest.approx(2.0)

@@ -46,6 +46,7 @@ class Picture:
     uri: str
     alt: str
     caption: str
+    video: str | None = None  # a `wanlora sample --frames N` clip, played in place of the still
 
 
 @dataclass
@@ -112,6 +113,7 @@ def render_page(data: ReportData) -> str:
     """The report's HTML for `data`."""
     budget = MediaBudget()
     grids = [_grid_view(grid, budget) for grid in data.grids]
+    samples = _samples_view(data.samples, budget)  # before the cost line counts the media
     return environment().get_template(TEMPLATE).render(
         grids=grids,
         verdict=[_verdict_view(v) for v in data.verdict],
@@ -122,7 +124,7 @@ def render_page(data: ReportData) -> str:
         lr_plot=lr_figure(data.logs),
         timestep_plot=timestep_figure(data.config),
         dataset=[_dataset_view(n, row) for n, row in enumerate(data.dataset, 1)],
-        samples=_samples_view(data.samples),
+        samples=samples,
         performance=[_performance_cells(p) for p in data.performance],
     )
 
@@ -160,7 +162,7 @@ def _strengths(info: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in (info.get("strengths") or {}).items())
 
 
-def _samples_view(sets: SampleSets) -> SamplesView:
+def _samples_view(sets: SampleSets, budget: MediaBudget | None = None) -> SamplesView:
     compare = [
         _picture(s, f"{s.path.name}: seeds {s.info.get('seeds')}, LoRA {_strengths(s.info)}")
         for s in sets.compare
@@ -169,6 +171,10 @@ def _samples_view(sets: SampleSets) -> SamplesView:
         _picture(s, f"{s.info['prompt']} — seed {s.info.get('seed')}, LoRA {_strengths(s.info)}")
         for s in sets.standalone
     ]
+    for picture, sample in zip(standalone, sets.standalone, strict=True):
+        video = video_of(sample.path, sample.info)
+        if picture is not None and video is not None and budget is not None:
+            picture.video = budget.video(video)
     return SamplesView(
         empty=not sets.files,
         compare=[p for p in compare if p],
@@ -227,9 +233,9 @@ def _cost_view(performance: list[ExpertPerformance], budget: MediaBudget) -> Cos
         else:
             parts.append(_duration(seconds))
     media = (
-        f"The grid embeds {budget.videos} videos and {budget.stills} stills: "
-        f"{budget.embedded / MIB:.1f} MiB of this page (stills shrunk to fit, videos re-encoded "
-        "smaller where large)."
+        f"Samples embedded in this page: {budget.videos} videos and {budget.stills} grid stills, "
+        f"{budget.embedded / MIB:.1f} MiB (stills shrunk to fit, videos re-encoded smaller "
+        "where large)."
     )
     if budget.left_out:
         media += " Shown as first frames only (their .mp4 is in output/samples/): " + ", ".join(
