@@ -204,7 +204,7 @@ def _cell(sample: SampleFile, budget: MediaBudget) -> Cell | None:
     video_path = video_of(sample.path, sample.info)
     video = budget.video(video_path) if video_path is not None else None
     frames = sample.info.get("frames")
-    caption = sample.path.name + (f" · {frames} frames" if video_path is not None else "")
+    caption = f"{video_path.name} · {frames} frames" if video_path else sample.path.name
     return Cell(still, video, sample.path.name, caption)
 
 
