@@ -10,7 +10,7 @@ page. Sources, all under the project (paths from `OutputLayout`):
 - the PNGs under output/samples/ and the settings saved in them -> `SampleSets`, and the
   samples during training as one grid per prompt -> `SampleGrid` (grids.py)
 - the validation log per expert (output/logs/<expert>/validation.jsonl) -> `ValidationPoint`,
-  and the LoRA-effect verdict (output/verdict.json) -> `Verdict`; both optional
+  and the LoRA-effect verdict (output/verdict.json) -> `ExpertVerdict`; both optional
 - timings, peak memory and the LoRA files per expert -> `ExpertPerformance` (training time
   without the time spent sampling and validating, which are reported on their own)
 """
