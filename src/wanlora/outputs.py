@@ -5,8 +5,10 @@ path under output/ by itself.
     output/
       <LoRA name>.safetensors   one per expert, named as the recipe names them
       state/<expert>/step-N/    resume states (train/state.py)
-      samples/                  PNGs (and videos) rendered during and after training:
-                                train_<expert>_e<epoch>_p<i>_seed<s> (at epoch ends),
+      samples/                  PNGs, and an .mp4 beside the PNG of its first frame when
+                                frames > 1, rendered during and after training:
+                                train_<expert>_e<epoch>_p<i>_seed<s>[_s<strength>] and
+                                train_base_p<i>_seed<s> (at epoch ends),
                                 p<i>_seed<s>_<strengths> / _base, compare_seed<s>_<strengths>
       logs/<expert>/            TensorBoard event files, validation.jsonl (validation points)
       verdict.json              does each LoRA move the model (train/verdict.py)
@@ -55,9 +57,22 @@ class OutputLayout:
         return self.root / "samples"
 
     @staticmethod
-    def training_sample_stem(expert: str, epoch: int, prompt_index: int, seed: int) -> str:
-        """A sample rendered at an epoch's end (a name in samples_dir, without `.png`)."""
-        return f"train_{expert}_e{epoch:04d}_p{prompt_index:02d}_seed{seed}"
+    def training_sample_stem(
+        expert: str, epoch: int, prompt_index: int, seed: int, strength: float = 1.0
+    ) -> str:
+        """A sample rendered at an epoch's end (a name in samples_dir, without `.png`/`.mp4`);
+        a LoRA strength other than 1 is in the name (`..._s0.5`)."""
+        stem = f"train_{expert}_e{epoch:04d}_p{prompt_index:02d}_seed{seed}"
+        return stem if strength == 1.0 else f"{stem}_s{strength:g}"
+
+    @staticmethod
+    def training_base_stem(prompt_index: int, seed: int) -> str:
+        """The base models' sample (no LoRA) of a prompt, rendered once at the first epoch end."""
+        return f"train_base_p{prompt_index:02d}_seed{seed}"
+
+    def sample_file(self, stem: str, suffix: str) -> Path:
+        """A sample's file in samples_dir: `stem` + `.png` or `.mp4`."""
+        return self.samples_dir / f"{stem}{suffix}"
 
     @staticmethod
     def sample_stem(prompt_index: int, seed: int, strengths_tag: str) -> str:

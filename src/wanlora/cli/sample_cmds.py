@@ -40,7 +40,15 @@ def sample(
         False, "--compare", help="Also render the same seeds without the LoRAs (a grid)."
     ),
     negative: str = typer.Option(None, "--negative", help="Negative prompt (default: Wan's)."),
-    guidance: float = typer.Option(None, "--guidance", help="Guidance scale."),
+    guidance: float = typer.Option(
+        None, "--guidance", help="Guidance scale of every expert (default: each expert's own)."
+    ),
+    frames: int = typer.Option(
+        None,
+        "--frames",
+        min=1,
+        help="Frames per sample: 1 = a PNG; more = an H.264 .mp4 (4n+1) and a PNG of frame 1.",
+    ),
     offload: bool = typer.Option(
         None,
         "--offload/--no-offload",
@@ -48,7 +56,8 @@ def sample(
     ),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
 ) -> None:
-    """Images from the trained LoRAs: the high-noise expert above the boundary, low below."""
+    """Images or videos from the trained LoRAs: the high-noise expert above the boundary, low
+    below."""
     import torch
 
     from ..cache.build import default_device
@@ -79,12 +88,13 @@ def sample(
         compare=compare,
         negative_prompt=negative,
         guidance_scale=guidance,
+        frames=frames,
         offload=offload,
         device=torch.device(device) if device else default_device(),
     )
     if result.offloaded:
         console.print("the experts did not both fit on the GPU: ran one at a time", style="yellow")
-    for path in result.images + result.base_images:
+    for path in result.images + result.base_images + result.videos:
         console.print(f"sample: {path}")
     if result.grid is not None:
         console.print(styled("compare grid", "green"), result.grid)

@@ -215,6 +215,15 @@ class ExpertSettings(StrictModel):
     max_timestep: int = Field(1000, ge=0, le=1000)
     output_name: str = Field(description="file stem; {name} and {author} are filled in")
     metadata_title: str = "{output_name}"
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        description="this expert's guidance scale in samples (its phase of the boundary)",
+        json_schema_extra=unset(
+            "[sample] guidance_scale if set, else the task's official scale "
+            "(T2V-A14B: high 4.0, low 3.0; I2V-A14B: 3.5 each)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ExpertSettings:
@@ -237,7 +246,22 @@ class SampleSettings(StrictModel):
     width: int = Field(960, ge=16, multiple_of=16)
     height: int = Field(960, ge=16, multiple_of=16)
     seed: int = 42
-    guidance_scale: float = Field(3.5, ge=0)
+    frames: int = Field(
+        1,
+        ge=1,
+        description="frames per sample: 1 = a PNG; more = an H.264 .mp4 (4n+1 frames) and a PNG",
+    )
+    strengths: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.0],
+        min_length=1,
+        description="LoRA strengths of the samples during training (the report grid's columns)",
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        description="one guidance scale for every expert ([experts.NAME] guidance_scale wins)",
+        json_schema_extra=unset("each expert's own, else the task's official pair"),
+    )
     shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
 
 

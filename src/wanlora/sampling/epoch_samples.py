@@ -4,10 +4,15 @@
 (wanlora.run) builds it and hands it to the training loop, which never imports sampling.
 Every epoch it records peak memory to tensorboard (output/logs/<expert>: perf/peak_vram_gib,
 perf/peak_rss_gib). Every `[sample] every_n_epochs` epochs it renders
-the `[sample]` prompts: the expert being trained runs with its LoRA as it is now, the other
-phase of the boundary with the other expert's BASE model (loaded once, kept on the CPU
-between samples). Images go to output/samples/ (train_<expert>_e<epoch>_p<i>_seed<s>.png)
-and to tensorboard (samples/p<i>), with perf/sample_seconds.
+the `[sample]` prompts: the expert being trained runs with its LoRA as it is now (at each
+`[sample] strengths` entry), the other phase of the boundary with the other expert's BASE
+model (loaded once, kept on the CPU between samples). The first time, the base models alone
+(LoRA at 0) render the same prompts: the report grid's "base" row (not again after a resume
+when the files with the same settings are there). Every render uses the same seed and
+noise, so epochs differ only by the LoRA. Samples go to output/samples/
+(train_<expert>_e<epoch>_p<i>_seed<s>[_s<strength>], train_base_p<i>_seed<s>; .png, and
+.mp4 with `[sample] frames` > 1) and their first frames to tensorboard (samples/p<i>; the
+base at step 0), with perf/sample_seconds (all of it, kept apart from training time).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ..models.dit import infer_dit_info, load_dit
 from ..models.precision import compute_dtype
 from ..outputs import OutputLayout
 from ..recipes import Project
+from .files import read_png_info, save_sample
 from .pipeline import (
     DEFAULT_NEGATIVE_PROMPT,
     GIB,
@@ -37,7 +43,8 @@ from .pipeline import (
     needs_offload,
     render,
 )
-from .sample import dit_path, encode_prompts, load_vae_for, ordered_experts, save_png
+from .sample import dit_path, encode_prompts, load_vae_for, ordered_experts
+from .settings import clip_frames, guidance_scales, video_fps
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,9 @@ class TrainingMonitor:
         self._writers: dict[str, object] = {}
         self._contexts: list[torch.Tensor] | None = None
         self._negative: torch.Tensor | None = None
+        self.base_saved: list[Path] = []  # the base models' samples (no LoRA), once
+        self._base_rendered = False
+        self._noted = False
         self._base: dict[str, torch.nn.Module] = {}
         self._vae = None
 
@@ -106,7 +116,8 @@ class TrainingMonitor:
     # --- sampling ---------------------------------------------------------------------------
 
     def sample(self, expert: str, epochs_done: int, model: torch.nn.Module) -> list[Path]:
-        """Render the [sample] prompts with `model` (carrying its LoRA) for `expert`'s phase."""
+        """Render the [sample] prompts with `model` (carrying its LoRA) for `expert`'s phase:
+        once per [sample] strengths entry, and the base models once (the grid's top row)."""
         config = self.project.config
         s = config.sample
         self._encode()
@@ -125,23 +136,41 @@ class TrainingMonitor:
                 module_bytes(m) for m in experts.values() if module_device(m) == self.device
             )
             offload = needs_offload(sizes, self.device, resident=resident)
+        frames, note = clip_frames(s.frames)
+        if note and not self._noted:
+            log.warning(note)
+            self._noted = True
+        settings = {  # what a sample depends on besides the models: the base row's identity
+            "seed": s.seed,
+            "steps": s.steps,
+            "size": [s.width, s.height],
+            "frames": frames,
+            "guidance": guidance_scales(config, self.names),
+            "shift": s.shift,
+        }
         spec = RenderSpec(
             contexts=self._contexts,
-            seeds=[s.seed] * len(self.prompts),
+            seeds=[s.seed] * len(self.prompts),  # the same noise every epoch (pipeline.py)
             negative=self._negative,
             steps=s.steps,
             width=s.width,
             height=s.height,
-            guidance_scale=s.guidance_scale,
+            guidance=settings["guidance"],
             shift=s.shift,
             boundary=config.boundary if len(self.names) == 2 else None,
+            frames=frames,
         )
-        set_lora_multiplier(model, 1.0)
+        base_due = not self._base_rendered and not self._base_on_disk(settings)
+        renders: list[tuple[float | None, list]] = []  # (strength | None for base, clips)
         try:
-            images = render(
-                experts, self._vae, spec, device=self.device, dtype=dtype, offload=offload
-            )
+            for strength in [None] * base_due + list(s.strengths):
+                set_lora_multiplier(model, 0.0 if strength is None else strength)
+                clips = render(
+                    experts, self._vae, spec, device=self.device, dtype=dtype, offload=offload
+                )
+                renders.append((strength, clips))
         finally:
+            set_lora_multiplier(model, 1.0)
             # the base models and the VAE wait on the CPU; the trained model goes back
             for module in experts.values():
                 if module is not model:
@@ -150,29 +179,50 @@ class TrainingMonitor:
             move_unless_streamed(model, train_device)  # a block-swapped model never moved
             model.train(was_training)
             free_device_memory(self.device)
-        strengths = {name: (1.0 if name == expert else 0.0) for name in self.names}
         writer = self._writer(expert)
+        fps = video_fps(config.task)
         paths = []
-        for i, (prompt, image) in enumerate(zip(self.prompts, images, strict=True)):
-            info = {
-                "kind": "training",
-                "expert": expert,
-                "epoch": epochs_done,
-                "prompt": prompt,
-                "prompt_index": i,
-                "seed": s.seed,
-                "strengths": strengths,
-                "steps": s.steps,
-                "size": [s.width, s.height],
-            }
-            stem = self.layout.training_sample_stem(expert, epochs_done, i, s.seed)
-            paths.append(save_png(image, self.layout.samples_dir, stem, info))
-            if writer is not None:
-                writer.add_image(
-                    f"samples/p{i:02d}", np.asarray(image), epochs_done, dataformats="HWC"
-                )
+        for strength, clips in renders:
+            for i, (prompt, clip) in enumerate(zip(self.prompts, clips, strict=True)):
+                info = settings | {"prompt": prompt, "prompt_index": i}
+                if strength is None:
+                    info |= {"kind": "training_base", "strengths": dict.fromkeys(self.names, 0.0)}
+                    stem = self.layout.training_base_stem(i, s.seed)
+                else:
+                    info |= {
+                        "kind": "training",
+                        "expert": expert,
+                        "epoch": epochs_done,
+                        "strength": strength,
+                        "strengths": {n: (strength if n == expert else 0.0) for n in self.names},
+                    }
+                    stem = self.layout.training_sample_stem(
+                        expert, epochs_done, i, s.seed, strength
+                    )
+                saved = save_sample(clip, self.layout.samples_dir, stem, info, fps=fps)
+                (self.base_saved if strength is None else paths).append(saved.image)
+                if writer is not None:
+                    tag = f"samples/p{i:02d}" + (
+                        "" if strength in (None, 1.0) else f"_s{strength:g}"
+                    )
+                    step = 0 if strength is None else epochs_done  # the base models: step 0
+                    writer.add_image(tag, np.asarray(clip[0]), step, dataformats="HWC")
+        self._base_rendered = self._base_rendered or base_due
         self.saved.extend(paths)
         return paths
+
+    def _base_on_disk(self, settings: dict) -> bool:
+        """Whether every prompt's base sample exists with these settings (a resumed run)."""
+        for i, prompt in enumerate(self.prompts):
+            png = self.layout.sample_file(
+                self.layout.training_base_stem(i, settings["seed"]), ".png"
+            )
+            info = read_png_info(png) if png.exists() else {}
+            wanted = settings | {"prompt": prompt, "kind": "training_base"}
+            if any(info.get(k) != v for k, v in wanted.items()):
+                return False
+        self._base_rendered = True
+        return True
 
     def _encode(self) -> None:
         if self._contexts is not None:

@@ -6,6 +6,13 @@ scheduler timestep t >= boundary * 1000, `transformer_2` (the low-noise model) b
 boundary. The scheduler is UniPC on flow-matching sigmas with the recipe's inference shift
 (sample.shift, 12 for T2V A14B), as Wan's own sampler.
 
+Each expert guides its own phase with its own scale (`RenderSpec.guidance`, by expert):
+WanPipeline's `guidance_scale` for `transformer`, `guidance_scale_2` for `transformer_2`.
+
+Noise: every sample's initial latent noise comes from its own CPU generator seeded with its
+seed, whatever the batch and the device, so the same seed and size give the same noise in
+every epoch and every run: samples differ only by what the models (and LoRAs) do with it.
+
 Prompt embeddings are ours (wanlora.models.TextEncoder, the same encoding the training cache
 holds), zero-padded to 512 rows and passed as prompt_embeds / negative_prompt_embeds, so the
 pipeline's own tokenizer and text encoder are never used.
@@ -172,7 +179,7 @@ class ExpertResidency:
 
 @dataclass
 class RenderSpec:
-    """What to render: one image per (context, seed) pair."""
+    """What to render: one clip (`frames` frames, 4n+1; 1 = a still) per (context, seed)."""
 
     contexts: list[torch.Tensor]  # (L_i, D) each, unpadded
     seeds: list[int]
@@ -180,10 +187,11 @@ class RenderSpec:
     steps: int
     width: int
     height: int
-    guidance_scale: float
+    guidance: dict[str, float]  # expert -> classifier-free guidance scale in its phase
     shift: float
     boundary: float | None = None
     batch_size: int = 4
+    frames: int = 1
     # filled in by render(): (expert, timestep) per transformer call, and the residency's
     # ("load" | "offload", expert) moves
     timesteps_seen: list[tuple[str, float]] = field(default_factory=list)
@@ -199,8 +207,8 @@ def render(
     device: torch.device,
     dtype: torch.dtype,
     offload: bool = False,
-) -> list[Image.Image]:
-    """Images (one-frame videos) for every (context, seed) in `spec`.
+) -> list[list[Image.Image]]:
+    """The frames of a clip for every (context, seed) in `spec` (one frame: a still).
 
     experts: name -> transformer, the high-noise expert first (the one for t >= boundary);
     one expert (Wan 2.1) means no boundary. The experts keep their own LoRAs and multipliers.
@@ -213,6 +221,12 @@ def render(
         raise ValueError(f"expected one or two experts, got {names}")
     if len(names) == 2 and spec.boundary is None:
         raise ValueError("two experts need a boundary")
+    if set(spec.guidance) != set(names):
+        raise ValueError(f"guidance scales for {sorted(spec.guidance)}, experts {names}")
+    scale = spec.guidance[names[0]]
+    scale_2 = spec.guidance[names[1]] if len(names) == 2 else None
+    if scale <= 1.0 and scale_2 is not None and scale_2 > 1.0:
+        raise ValueError("WanPipeline guides the second phase only if it guides the first")
     for module in experts.values():
         module.eval()
     residency = ExpertResidency(experts, device, offload=offload)
@@ -233,14 +247,14 @@ def render(
         boundary_ratio=spec.boundary if len(names) == 2 else None,
     )
     pipe.set_progress_bar_config(disable=True)
-    images: list[Image.Image] = []
+    clips: list[list[Image.Image]] = []
     try:
         for start in range(0, len(spec.seeds), spec.batch_size):
             contexts = spec.contexts[start : start + spec.batch_size]
             seeds = spec.seeds[start : start + spec.batch_size]
             embeds = torch.stack([pad_context(c.float(), TEXT_LEN) for c in contexts]).to(device)
             negative = None
-            if spec.negative is not None and spec.guidance_scale > 1.0:
+            if spec.negative is not None and scale > 1.0:
                 negative = pad_context(spec.negative.float(), TEXT_LEN).to(device)
                 negative = negative.unsqueeze(0).expand(len(contexts), -1, -1).contiguous()
             with autocast(device, dtype):  # the transformers compute as in training
@@ -249,22 +263,23 @@ def render(
                     negative_prompt_embeds=negative,
                     height=spec.height,
                     width=spec.width,
-                    num_frames=1,
+                    num_frames=spec.frames,
                     num_inference_steps=spec.steps,
-                    guidance_scale=spec.guidance_scale,
+                    guidance_scale=scale,
+                    guidance_scale_2=scale_2,
                     generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                     output_type="latent",
                 ).frames
             frames = decode_latents(pipe, vae, latents)  # the VAE in its own dtype
             for video in frames:  # (B, F, H, W, C) in [0, 1]
-                pixels = np.clip(np.rint(video[0] * 255.0), 0, 255).astype(np.uint8)
-                images.append(Image.fromarray(pixels, "RGB"))
+                pixels = np.clip(np.rint(video * 255.0), 0, 255).astype(np.uint8)
+                clips.append([Image.fromarray(frame, "RGB") for frame in pixels])
     finally:
         for hook in hooks:
             hook.remove()
         residency.close()
         spec.residency_events.extend(residency.events)
-    return images
+    return clips
 
 
 def decode_latents(pipe, vae: nn.Module, latents: torch.Tensor) -> np.ndarray:
