@@ -88,7 +88,12 @@ FIELD_EFFECTS: dict[str, Effect] = {
     # validation measures, it trains nothing; but its held-out items leave the training set
     "validation.items": RESULT,
     **_each("validation", NONE, "enabled every_n_epochs max_items timesteps seed"),
-    **_each("sample", NONE, "prompts every_n_epochs steps width height seed guidance_scale shift"),
+    **_each(
+        "sample",
+        NONE,
+        "prompts every_n_epochs steps width height seed guidance_scale shift frames strengths",
+    ),
+    "experts.*.guidance_scale": NONE,  # a sampling setting
 }
 
 
