@@ -199,6 +199,7 @@ class TrainingMonitor:
                 dtype=dtype,
                 device="cpu",
                 fp8_round=self.project.config.training.fp8_base,
+                task=self.project.config.dit_task,
             )
         return self._base[name]
 

@@ -10,7 +10,9 @@
                    optimiser step
 
 Keep "the inputs" and "the loss" apart: image-to-video conditioning (extra latent channels)
-and per-token timesteps change the inputs; a loss mask changes the loss.
+and per-token timesteps change the inputs; a loss mask changes the loss. A task with its own
+inputs and loss (TI2V-5B: ti2v.py) supplies its own draws / model_inputs / prediction_loss
+with the same call shapes; `step_functions` picks them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..lora.inject import lora_parameters
 from ..models.precision import autocast
 from ..models.text_encoder import pad_context
 from ..recipes.schema import ExpertSettings, RecipeConfig
+from . import ti2v
 from .speed.cuda_graph import GraphedStep
 from .state import TrainingParts
 from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
@@ -92,12 +95,21 @@ def prediction_loss(model, noisy, t, context, target, dtype, cache_enabled=True)
     return F.mse_loss(prediction.float(), target.float())
 
 
+def step_functions(config: RecipeConfig):
+    """(draws, model_inputs, prediction_loss) for the recipe's task: TI2V-5B's own (per-token
+    timesteps, the loss mask: ti2v.py), else the ones above."""
+    if config.task == "ti2v-5B":
+        return ti2v.draws, ti2v.model_inputs, ti2v.prediction_loss
+    return draws, model_inputs, prediction_loss
+
+
 def training_step(
     model, samples, batch, config, settings, generator, device, dtype, scaler
 ) -> float:
     """Forward + backward for one micro-batch; returns the loss value."""
-    inputs = model_inputs(samples, batch, config, settings, generator, device)
-    loss = prediction_loss(model, *inputs, dtype)
+    _draws, inputs_for, loss_for = step_functions(config)
+    inputs = inputs_for(samples, batch, config, settings, generator, device)
+    loss = loss_for(model, *inputs, dtype)
     scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
     scaled.backward()
     return loss.item()
@@ -137,16 +149,17 @@ class Stepper:
         self.device, self.dtype = device, dtype
         self.graphed = graphed  # the whole step (optimiser and loss scale included)
         self.params = lora_parameters(self.model)
+        self.draws, self.model_inputs, _loss = step_functions(config)
 
     def micro_batch(self, batch: list[int], owned: bool = True) -> float | None:
         """Train on `batch` (accumulating gradients) and return its loss; not `owned`:
         another rank trains it, take its draws off the generator and return None."""
         args = (self.samples, batch, self.config, self.settings, self.generator)
         if self.graphed is not None:
-            return self.graphed(*model_inputs(*args, self.device)).item()
+            return self.graphed(*self.model_inputs(*args, self.device)).item()
         if owned:
             return training_step(self.model, *args, self.device, self.dtype, self.scaler)
-        draws(*args)
+        self.draws(*args)
         return None
 
     def optimizer_step(self) -> None:
