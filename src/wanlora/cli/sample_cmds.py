@@ -47,8 +47,15 @@ def sample(
         help="Keep only the running expert on the GPU (default: decide from free VRAM).",
     ),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+    frames: int = typer.Option(
+        None, "--frames", min=1, help="TI2V-5B: frames, 4n+1 (1: an image; default [sample])."
+    ),
+    image: Path = typer.Option(
+        None, "--image", help="TI2V-5B: image-to-video from this image (default [sample] image)."
+    ),
 ) -> None:
-    """Images from the trained LoRAs: the high-noise expert above the boundary, low below."""
+    """Images from the trained LoRAs: the high-noise expert above the boundary, low below.
+    TI2V-5B: videos (or images) from its one LoRA, text-to-video or from --image."""
     import torch
 
     from ..cache.build import default_device
@@ -57,6 +64,23 @@ def sample(
     project = load_project(directory)
     prompts = list(prompt or project.config.sample.prompts)
     width, height = _size(size)
+    if project.config.task == "ti2v-5B":  # one model: no experts, videos or images
+        _sample_ti2v(
+            project,
+            prompts,
+            seeds=seed or None,
+            steps=steps,
+            width=width,
+            height=height,
+            frames=frames,
+            image=image,
+            strengths={"main": strength} if strength is not None else None,
+            compare=compare,
+            negative_prompt=negative,
+            guidance_scale=guidance,
+            device=torch.device(device) if device else default_device(),
+        )
+        return
     names = ordered_experts(project.config)
     strengths = {name: strength for name in names if strength is not None}
     for name, value in (("high", high_strength), ("low", low_strength)):
@@ -84,6 +108,16 @@ def sample(
     )
     if result.offloaded:
         console.print("the experts did not both fit on the GPU: ran one at a time", style="yellow")
+    for path in result.images + result.base_images:
+        console.print(f"sample: {path}")
+    if result.grid is not None:
+        console.print(styled("compare grid", "green"), result.grid)
+
+
+def _sample_ti2v(project, prompts, **options) -> None:
+    from ..sampling.ti2v_sample import sample_ti2v_project
+
+    result = sample_ti2v_project(project, prompts, **options)
     for path in result.images + result.base_images:
         console.print(f"sample: {path}")
     if result.grid is not None:

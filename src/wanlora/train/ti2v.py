@@ -122,7 +122,9 @@ def model_inputs(
     return Ti2vInputs(*(x.to(device) for x in (noisy, timestep, context, target, weights)))
 
 
-def masked_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def masked_mse(
+    prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """The mean squared error over the elements whose weight is 1, in float32."""
     squared = (prediction.float() - target.float()).square()
     weights = weights.expand_as(squared)
