@@ -41,7 +41,8 @@ def make_buckets(resolution: tuple[int, int], reso_step: int = RESO_STEP) -> lis
     """All (W, H) buckets for `resolution`, deduplicated and sorted."""
     area = resolution[0] * resolution[1]
     side = int(math.sqrt(area))
-    min_side = round_down(side // 2, reso_step)
+    # at least one step: a small resolution at step 32 would otherwise start at width 0
+    min_side = max(reso_step, round_down(side // 2, reso_step))
     buckets = set()
     for w in range(min_side, side + reso_step, reso_step):
         h = round_down(area // w, reso_step)
