@@ -78,7 +78,13 @@ def test_image_to_video_holds_the_image_as_the_first_frame(models, project):
 
 def test_sample_writes_an_mp4_from_the_image_and_a_png_at_one_frame(project, tmp_path):
     result = sample_ti2v_project(
-        project, ["a red circle"], strengths={"main": 0.0}, steps=2, device=CPU, out_dir=tmp_path
+        project,
+        ["a red circle"],
+        image="dataset/demo_00.png",  # relative to the project, as [sample] image
+        strengths={"main": 0.0},
+        steps=2,
+        device=CPU,
+        out_dir=tmp_path,
     )
     (path,) = result.images
     assert path.name == "p00_seed42_main0.mp4"
@@ -97,6 +103,7 @@ def test_sample_writes_an_mp4_from_the_image_and_a_png_at_one_frame(project, tmp
     )
     (png,) = still.images
     assert png.suffix == ".png" and read_png_info(png)["frames"] == 1
+    assert read_png_info(png)["mode"] == "text-to-video"  # no image: [sample] image unset
 
 
 def test_sample_sizes_must_be_multiples_of_32(project, tmp_path):
@@ -121,6 +128,7 @@ def test_epoch_end_samples_render_the_model_being_trained(project):
     project = load_project(project.root)
     project.config.sample.every_n_epochs = 1
     project.config.sample.steps = 2
+    project.config.sample.image = "dataset/demo_00.png"  # image-to-video samples
     dit, _ = load_dit(
         project.root / project.config.experts["main"].dit, dtype=torch.float32, task="ti2v"
     )
@@ -133,5 +141,6 @@ def test_epoch_end_samples_render_the_model_being_trained(project):
         monitor.close()
     (path,) = monitor.saved
     assert path.name == "train_main_e0001_p00_seed42.mp4"
-    assert read_video_info(path)["expert"] == "main"
+    info = read_video_info(path)
+    assert info["expert"] == "main" and info["image"].endswith("demo_00.png")
     assert dit.training  # back in train mode

@@ -4,8 +4,8 @@ The same shape as the text-to-video demo (demo.py): the tiny TI2V-5B DiT and Wan
 the real file layouts (models/tiny.py), a generated dataset, a wanlora.toml pointing at
 them. The dataset mixes 6 images (1-frame text-to-image items) and 3 short videos written
 with PyAV (H.264 at 24 fps, the 5B model's rate) of a shape moving across the frame: clips of
-9 frames train text-to-video or image-to-video (`[training] ti2v_i2v_share`). The sample
-renders 9 frames image-to-video from the first demo image.
+9 frames train text-to-video or image-to-video (`[training] ti2v_i2v_share`). Samples are
+9 frames, text-to-video (`wanlora sample --image` for image-to-video).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ steps = 4
 width = 64
 height = 64
 frames = 9
-image = "dataset/demo_00.png"
 """
 
 

@@ -73,7 +73,7 @@ def sample(
             width=width,
             height=height,
             frames=frames,
-            image=image,
+            image=image.resolve() if image is not None else None,  # relative to here
             strengths={"main": strength} if strength is not None else None,
             compare=compare,
             negative_prompt=negative,
