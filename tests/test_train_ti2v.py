@@ -115,6 +115,20 @@ def test_i2v_inputs_hold_the_clean_image_latent_with_timestep_zero():
     assert torch.equal(inputs.timestep[:, per_frame:], dit_timestep(t)[:, None].expand(-1, 8))
 
 
+def test_a_batch_without_i2v_items_passes_one_timestep_per_item():
+    config = load_recipe("wan22-ti2v-5b")
+    config.training.ti2v_i2v_share = 0.0
+    samples = fake_samples(3)
+    _noise, t, _coins = ti2v.draws(
+        samples, [0, 1], config, config.experts["main"], torch.Generator().manual_seed(3)
+    )
+    inputs = ti2v.model_inputs(
+        samples, [0, 1], config, config.experts["main"], torch.Generator().manual_seed(3), CPU
+    )
+    assert torch.equal(inputs.timestep, dit_timestep(t))  # (B,): the per-token values, once
+    assert torch.all(inputs.frame_weights == 1)
+
+
 def test_per_token_timesteps_of_a_t2v_item_equal_the_scalar_timestep(tmp_path):
     paths = write_tiny_wan22_models(tmp_path)
     model, _ = load_dit(paths.ti2v, dtype=torch.float32, task="ti2v")

@@ -125,12 +125,12 @@ def render_ti2v(
         scheduler = flow_scheduler(spec.shift)
         scheduler.set_timesteps(spec.steps, device=device)
         for t in scheduler.timesteps:
-            timestep = ti2v_token_timesteps(
-                t.float().view(1).to(device),
-                *shape[2:],
-                clean_first_frame=image_latent is not None,
+            timestep = t.float().view(1).to(device)  # text-to-video: every token at t
+            if image_latent is not None:  # frame 0's tokens at 0
+                timestep = ti2v_token_timesteps(timestep, *shape[2:], clean_first_frame=True)
+            spec.timesteps_seen.append(
+                (float(timestep.flatten()[0]), float(timestep.flatten()[-1]))
             )
-            spec.timesteps_seen.append((float(timestep[0, 0]), float(timestep[0, -1])))
             prediction = _predict(model, latent, timestep, context, dtype)
             if negative is not None:
                 unconditional = _predict(model, latent, timestep, negative, dtype)

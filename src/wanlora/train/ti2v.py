@@ -21,7 +21,10 @@ noise and the timesteps (`draws`), so it is fixed per clip and epoch by the seed
 data-parallel ranks and restored bit-identically on resume.
 
 The DiT sees timesteps as the reference trainer makes them (1000 t + 1, timesteps.py) on the
-noised tokens and exactly 0 on the clean ones, as inference gives them. Tokens follow the
+noised tokens and exactly 0 on the clean ones, as inference gives them. A batch without an
+image-to-video item passes one timestep per item (the same values: every token would get
+its item's t), which spares the per-token modulations, (B, seq_len, 6, dim) in float32
+(2 GiB at 121 frames of 704p). Tokens follow the
 DiT's (1, 2, 2) patch grid, frame-major (models/time_embedding.py, pinned to the official
 code's outputs).
 """
@@ -45,7 +48,7 @@ class Ti2vInputs(NamedTuple):
     """A TI2V micro-batch on the device (a tuple of tensors: a CUDA graph copies them)."""
 
     noisy: torch.Tensor  # (B, 48, F, H, W); latent frame 0 clean for image-to-video items
-    timestep: torch.Tensor  # (B, seq_len) the DiT's per-token timesteps
+    timestep: torch.Tensor  # (B, seq_len) per-token DiT timesteps; (B,) with no i2v item
     context: torch.Tensor  # (B, 512, D) padded text embeddings, float32
     target: torch.Tensor  # (B, 48, F, H, W) velocity target, noise - latents
     frame_weights: torch.Tensor  # (B, 1, F, 1, 1): 1 where the loss counts, 0 where not
@@ -117,7 +120,9 @@ def model_inputs(
     clean = image_to_video_items(coins, frames, config.training.ti2v_i2v_share)
     noisy, target = noisy_and_target(latents, noise, t)
     noisy[clean, :, 0] = latents[clean, :, 0]  # the image's latent, as inference holds it
-    timestep = token_timesteps(dit_timestep(t), clean, (frames, height, width))
+    timestep = dit_timestep(t)
+    if clean.any():  # per token only when needed: (B, seq, 6, dim) modulations cost memory
+        timestep = token_timesteps(timestep, clean, (frames, height, width))
     weights = frame_weights(clean, frames, config.training.ti2v_mask_first_frame)
     return Ti2vInputs(*(x.to(device) for x in (noisy, timestep, context, target, weights)))
 
