@@ -144,3 +144,14 @@ def test_epoch_end_samples_render_the_model_being_trained(project):
     info = read_video_info(path)
     assert info["expert"] == "main" and info["image"].endswith("demo_00.png")
     assert dit.training  # back in train mode
+
+
+def test_frames_and_image_are_refused_for_two_expert_recipes(tmp_path):
+    from wanlora.demo import create_demo_project
+
+    create_demo_project(tmp_path / "t2v", epochs=1)
+    result = run_cli("sample", str(tmp_path / "t2v"), "--frames", "5", "--device", "cpu")
+    assert result.returncode != 0
+    assert "--frames / --image: recipe wan22-t2v samples single images" in (
+        result.stderr + result.stdout
+    )

@@ -64,23 +64,6 @@ def sample(
     project = load_project(directory)
     prompts = list(prompt or project.config.sample.prompts)
     width, height = _size(size)
-    if project.config.task == "ti2v-5B":  # one model: no experts, videos or images
-        _sample_ti2v(
-            project,
-            prompts,
-            seeds=seed or None,
-            steps=steps,
-            width=width,
-            height=height,
-            frames=frames,
-            image=image.resolve() if image is not None else None,  # relative to here
-            strengths={"main": strength} if strength is not None else None,
-            compare=compare,
-            negative_prompt=negative,
-            guidance_scale=guidance,
-            device=torch.device(device) if device else default_device(),
-        )
-        return
     names = ordered_experts(project.config)
     strengths = {name: strength for name in names if strength is not None}
     for name, value in (("high", high_strength), ("low", low_strength)):
@@ -92,6 +75,28 @@ def sample(
                 "use --strength for a one-expert recipe",
             )
         strengths[name] = value
+    if project.config.task == "ti2v-5B":  # one model: no experts, videos or images
+        _sample_ti2v(
+            project,
+            prompts,
+            seeds=seed or None,
+            steps=steps,
+            width=width,
+            height=height,
+            frames=frames,
+            image=image.resolve() if image is not None else None,  # relative to here
+            strengths=strengths,
+            compare=compare,
+            negative_prompt=negative,
+            guidance_scale=guidance,
+            device=torch.device(device) if device else default_device(),
+        )
+        return
+    if frames is not None or image is not None:  # the two-expert renderer makes images
+        raise WanloraError(
+            f"--frames / --image: recipe {project.config.recipe} samples single images",
+            "drop them (they are for TI2V-5B projects)",
+        )
     result = sample_project(
         project,
         prompts,
