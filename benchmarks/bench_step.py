@@ -9,6 +9,12 @@ data and the same LoRA initialisation, so the loss curves are comparable.
     python benchmarks/bench_step.py --all --out DIR        # every variant, fresh process each
     python benchmarks/bench_step.py --variant exact        # one variant, this process
     python benchmarks/bench_step.py --tiny --all --inline  # CPU smoke run
+    python benchmarks/bench_step.py --model ti2v-5b --frames 121 --all --out DIR  # TI2V-5B
+
+--model ti2v-5b builds the Wan 2.2 TI2V-5B DiT instead (dim 3072, 30 layers, 24 heads, ffn
+14336, in/out 48 channels) and trains the wan22-ti2v-5b recipe's step (per-token timesteps,
+image-to-video share, masked loss: wanlora.train.ti2v) at 704p, i.e. 1280x704 (latent 80x44,
+880 tokens a latent frame), on --frames 1 (an image) or 121 (31 latent frames, 27280 tokens).
 
 Variants (see VARIANTS): "reference" is the direct port (diffusers layerwise fp8 casting,
 fp16 autocast + GradScaler, every block checkpointed, SDPA, no compile); the others go through
@@ -34,6 +40,25 @@ import torch
 FULL = dict(dim=5120, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256, latent=120)
 TINY = dict(dim=256, ffn_dim=512, num_layers=2, text_dim=64, freq_dim=256, latent=8)
 TEXT_TOKENS = 120  # real caption tokens, padded to 512 by the training step
+# Wan 2.2 TI2V-5B at 704p (1280x704: latent 80 x 44 with the Wan 2.2 VAE's 16x stride)
+FULL_TI2V = dict(
+    dim=3072, ffn_dim=14336, num_layers=30, text_dim=4096, freq_dim=256, latent=(44, 80),
+    channels=48, recipe="wan22-ti2v-5b",
+)  # fmt: skip
+TINY_TI2V = dict(TINY, latent=(4, 8), channels=48, recipe="wan22-ti2v-5b")
+MODELS = {"t2v-a14b": (FULL, TINY), "ti2v-5b": (FULL_TI2V, TINY_TI2V)}
+
+
+def latent_shape(cfg: dict, frames: int = 1) -> tuple[int, int, int, int]:
+    """(C, latent frames, H, W) of one sample: `frames` video frames (4n+1)."""
+    side = cfg["latent"]
+    height, width = side if isinstance(side, tuple) else (side, side)
+    return cfg.get("channels", 16), 1 + (frames - 1) // 4, height, width
+
+
+def token_count(cfg: dict, frames: int = 1) -> int:
+    _c, f, h, w = latent_shape(cfg, frames)
+    return f * (h // 2) * (w // 2)
 
 # name -> (speed, compile, checkpointing, fp8_storage, description)
 VARIANTS: dict[str, dict] = {
@@ -173,8 +198,8 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
         ffn_dim=cfg["ffn_dim"],
         num_layers=cfg["num_layers"],
         num_heads=cfg["dim"] // 128,
-        in_channels=16,
-        out_channels=16,
+        in_channels=cfg.get("channels", 16),
+        out_channels=cfg.get("channels", 16),
         text_dim=cfg["text_dim"],
         freq_dim=cfg["freq_dim"],
         patch_size=(1, 2, 2),
@@ -206,12 +231,11 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
     return model
 
 
-def make_samples(cfg: dict, n: int = 4, seed: int = 1):
+def make_samples(cfg: dict, n: int = 4, seed: int = 1, frames: int = 1):
     gen = torch.Generator("cpu").manual_seed(seed)
-    side = cfg["latent"]
     return [
         (
-            torch.randn(16, 1, side, side, generator=gen),
+            torch.randn(latent_shape(cfg, frames), generator=gen),
             torch.randn(TEXT_TOKENS, cfg["text_dim"], generator=gen) * 0.1,
         )
         for _ in range(n)
@@ -235,6 +259,7 @@ def run_variant(
     steps: int,
     max_vram_gb: float | None = None,
     profile: bool = False,
+    frames: int = 1,
 ) -> dict:
     from wanlora.lora.inject import add_lora, lora_parameters
     from wanlora.models.precision import grad_scaler
@@ -248,10 +273,12 @@ def run_variant(
         return _reference_swap().run_swap_variant(
             types.SimpleNamespace(**globals()), name, cfg, device, warmup, steps
         )
-    recipe = load_recipe("wan22-t2v")
+    from wanlora.train.step import step_functions
+
+    recipe = load_recipe(cfg.get("recipe", "wan22-t2v"))
     dtype = torch.float16
-    expert = recipe.experts["low"]
-    tokens = (cfg["latent"] // 2) ** 2
+    expert = recipe.experts["low" if "low" in recipe.experts else "main"]
+    tokens = token_count(cfg, frames)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -290,16 +317,16 @@ def run_variant(
     optimizer = torch.optim.AdamW(lora_parameters(model), lr=3e-4, weight_decay=0.1, fused=fused)
     scaler = grad_scaler(device, dtype)
     generator = torch.Generator("cpu").manual_seed(5)
-    samples = make_samples(cfg)
+    samples = make_samples(cfg, frames=frames)
     graphed = None
     graph_ok = plan is not None and why_not_graphed(plan_training, 0.0, device, n_ckpt, 1) is None
     if spec.get("graph", True) and graph_ok:  # as the training loop decides
         from wanlora.train.speed.cuda_graph import GraphedStep, set_capturable
-        from wanlora.train.step import prediction_loss
 
         set_capturable(optimizer, device, on=True)
+        loss_for = step_functions(recipe)[2]  # the recipe's task: TI2V has its own loss
         graphed = GraphedStep(
-            lambda *inputs: prediction_loss(model, *inputs, dtype, cache_enabled=False),
+            lambda *inputs: loss_for(model, *inputs, dtype, cache_enabled=False),
             lora_parameters(model),
             optimizer,
             scaler,
@@ -324,6 +351,8 @@ def run_variant(
     result = _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt)
     result["max_vram_gb"] = max_vram_gb
     result["cuda_graph"] = graphed is not None
+    result["model"] = recipe.task
+    result["frames"], result["tokens"] = frames, tokens
     if profile_text:
         result["profile"] = profile_text
     if plan is not None:
@@ -358,8 +387,9 @@ def _steps(
     steps,
 ):
     from wanlora.train.speed.text_fold import text_rows
-    from wanlora.train.step import model_inputs, training_step
+    from wanlora.train.step import step_functions, training_step
 
+    model_inputs = step_functions(recipe)[1]
     cuda = device.type == "cuda"
     times, losses = [], []
     for step in range(warmup + steps):
@@ -600,6 +630,10 @@ def loss_diffs(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny dims (CPU smoke test)")
+    p.add_argument("--model", choices=sorted(MODELS), default="t2v-a14b", help="which DiT")
+    p.add_argument(
+        "--frames", type=int, default=1, help="video frames a sample (4n+1; ti2v-5b: 1 or 121)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variant", help="run one variant in this process, print JSON")
     p.add_argument("--all", action="store_true")
@@ -624,16 +658,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_vram is not None and not args.max_vram > 0:
         p.error(f"--max-vram must be a positive number of GiB (got {args.max_vram})")
-    cfg = TINY if args.tiny else FULL
+    if (args.frames - 1) % 4:
+        p.error(f"--frames must be 4n+1 (got {args.frames})")
+    full, tiny = MODELS[args.model]
+    cfg = tiny if args.tiny else full
     device = torch.device(args.device)
-    tokens = (cfg["latent"] // 2) ** 2
+    tokens = token_count(cfg, args.frames)
 
     if args.variant:
         try:
             cap_memory(device, args.max_vram)
             profile = args.variant in args.profile.split(",")
             result = run_variant(
-                args.variant, cfg, device, args.warmup, args.steps, args.max_vram, profile
+                args.variant, cfg, device, args.warmup, args.steps, args.max_vram, profile,
+                args.frames,
             )
         except Exception as exc:  # reported, not fatal: the other variants still run
             import traceback
@@ -650,7 +688,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.inline:
             try:
                 results.append(
-                    run_variant(name, cfg, device, args.warmup, args.steps, args.max_vram)
+                    run_variant(
+                        name, cfg, device, args.warmup, args.steps, args.max_vram,
+                        frames=args.frames,
+                    )
                 )
             except Exception as exc:
                 results.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"})
@@ -668,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.steps),
         ]
         cmd += ["--tiny"] if args.tiny else []
+        cmd += ["--model", args.model, "--frames", str(args.frames)]
         cmd += ["--max-vram", str(args.max_vram)] if args.max_vram is not None else []
         cmd += ["--profile", args.profile] if args.profile else []
         env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")

@@ -60,3 +60,20 @@ def test_validation_bench_runs_tiny_on_the_cpu():
     assert result["validation_forwards_per_point"] == 4  # 2 items, 4 timesteps
     assert result["train_s_per_step"] > 0 and result["validation_point_s"] > 0
     assert len(result["steps_after_validation_s"]) == 3 and result["recipe_overhead"] > 0
+
+
+def test_ti2v_5b_variant_runs_tiny_on_images_and_clips(bench):
+    """`--model ti2v-5b`: the 5B DiT (48 channels) on the TI2V step, 1 frame and a clip."""
+    assert bench.token_count(bench.FULL_TI2V, 1) == 880  # 1280x704: 40 x 22 tokens
+    assert bench.token_count(bench.FULL_TI2V, 121) == 31 * 880
+    for frames in (1, 5):
+        results = {
+            name: bench.run_variant(name, bench.TINY_TI2V, CPU, warmup=1, steps=1, frames=frames)
+            for name in ("reference", "exact-eager")
+        }
+        for r in results.values():
+            assert r["model"] == "ti2v-5B" and r["frames"] == frames
+            assert r["tokens"] == bench.token_count(bench.TINY_TI2V, frames)
+            assert len(r["losses"]) == 2 and all(math.isfinite(x) for x in r["losses"])
+        exact, ref = results["exact-eager"]["losses"], results["reference"]["losses"]
+        assert exact[0] == pytest.approx(ref[0], rel=1e-3)

@@ -160,10 +160,8 @@ def write_demo_dataset(folder: Path, count: int = 18, seed: int = 0) -> list[Pat
     return images
 
 
-def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0) -> Project:
-    """Write the demo project (models, dataset, wanlora.toml); refuses a non-demo folder."""
-    from .models.tiny import write_tiny_models
-
+def demo_root(directory: str | Path) -> Path:
+    """The demo's folder, created; refuses a folder holding a real (non-demo) project."""
     root = Path(directory).expanduser()
     config_file = root / PROJECT_FILE
     if config_file.exists() and "The built-in demo" not in config_file.read_text(encoding="utf-8"):
@@ -172,6 +170,15 @@ def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0
             "run `wanlora demo` with another folder, e.g. `wanlora demo ./wanlora-demo`",
         )
     root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0) -> Project:
+    """Write the demo project (models, dataset, wanlora.toml); refuses a non-demo folder."""
+    from .models.tiny import write_tiny_models
+
+    root = demo_root(directory)
+    config_file = root / PROJECT_FILE
     paths = write_tiny_models(root / "models", seed=seed)
     model_paths = {
         field: Path(getattr(paths, field)).resolve().relative_to(root.resolve()).as_posix()

@@ -131,7 +131,14 @@ def build_cache(
     missing_latents = [e for e in entries if read_entry(e.latent_path, "latents") is None]
     result.latents_reused = len(entries) - len(missing_latents)
     if missing_latents:
-        _encode_latents(missing_latents, paths["vae"], DTYPES[vae_dtype], device, progress)
+        _encode_latents(
+            missing_latents,
+            paths["vae"],
+            DTYPES[vae_dtype],
+            device,
+            progress,
+            project.config.vae_kind,
+        )
         result.latents_computed = len(missing_latents)
 
     # identical captions share one entry
@@ -163,11 +170,11 @@ def _pixels(entries: list[CacheEntry]) -> Iterator[tuple[CacheEntry, np.ndarray]
             yield by_clip[clip], frames
 
 
-def _encode_latents(entries, vae_path, dtype, device, progress) -> None:
+def _encode_latents(entries, vae_path, dtype, device, progress, kind="wan2.1") -> None:
     from ..models import encode_latents, encode_video_latents, load_vae
 
     log.info("encoding %d image(s) or clip(s) with the VAE", len(entries))
-    vae = load_vae(vae_path, dtype=dtype, device=device)
+    vae = load_vae(vae_path, dtype=dtype, device=device, kind=kind)  # the task's VAE
     try:
         for i, (e, pixels) in enumerate(_pixels(entries)):
             with torch.no_grad():

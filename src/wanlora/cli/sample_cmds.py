@@ -55,9 +55,12 @@ def sample(
         help="Keep only the running expert on the GPU (default: decide from free VRAM).",
     ),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+    image: Path = typer.Option(
+        None, "--image", help="TI2V-5B: image-to-video from this image (default [sample] image)."
+    ),
 ) -> None:
     """Images or videos from the trained LoRAs: the high-noise expert above the boundary, low
-    below."""
+    below. TI2V-5B: from its one LoRA, text-to-video or from --image."""
     import torch
 
     from ..cache.build import default_device
@@ -77,6 +80,28 @@ def sample(
                 "use --strength for a one-expert recipe",
             )
         strengths[name] = value
+    if project.config.task == "ti2v-5B":  # one model: no experts, videos or images
+        _sample_ti2v(
+            project,
+            prompts,
+            seeds=seed or None,
+            steps=steps,
+            width=width,
+            height=height,
+            frames=frames,
+            image=image.resolve() if image is not None else None,  # relative to here
+            strengths=strengths,
+            compare=compare,
+            negative_prompt=negative,
+            guidance_scale=guidance,
+            device=torch.device(device) if device else default_device(),
+        )
+        return
+    if image is not None:  # a text-to-video recipe has no image to start from
+        raise WanloraError(
+            f"--image: recipe {project.config.recipe} renders from text only",
+            "drop --image (it is for image-to-video recipes)",
+        )
     result = sample_project(
         project,
         prompts,
@@ -95,6 +120,16 @@ def sample(
     if result.offloaded:
         console.print("the experts did not both fit on the GPU: ran one at a time", style="yellow")
     for path in result.images + result.base_images + result.videos:
+        console.print(f"sample: {path}")
+    if result.grid is not None:
+        console.print(styled("compare grid", "green"), result.grid)
+
+
+def _sample_ti2v(project, prompts, **options) -> None:
+    from ..sampling.ti2v_sample import sample_ti2v_project
+
+    result = sample_ti2v_project(project, prompts, **options)
+    for path in result.images + result.base_images:
         console.print(f"sample: {path}")
     if result.grid is not None:
         console.print(styled("compare grid", "green"), result.grid)

@@ -42,7 +42,7 @@ def cache(
 def train(
     directory: Path = typer.Argument(Path("."), help="Project folder."),
     expert: list[str] = typer.Option(
-        None, "--expert", "-e", help="Train only this expert (high, low)."
+        None, "--expert", "-e", help="Train only this expert (high, low; main: a one-model recipe)."
     ),
     new_run: bool = typer.Option(
         False,
@@ -164,24 +164,43 @@ def _train_with_progress(project, **kwargs):
     return results
 
 
+def _demo_project(recipe: str, directory: Path, epochs: int | None):
+    """The demo project of `recipe` and what its dataset holds."""
+    from ..demo import create_demo_project
+    from ..demo_ti2v import TI2V_RECIPE, create_ti2v_demo_project
+    from ..errors import WanloraError
+
+    if recipe == TI2V_RECIPE:
+        project = create_ti2v_demo_project(directory, **({"epochs": epochs} if epochs else {}))
+        return project, "tiny models, 6 generated images and 3 videos"
+    if recipe != "wan22-t2v":
+        raise WanloraError(
+            f"no demo for recipe {recipe!r}", f"use --recipe wan22-t2v or {TI2V_RECIPE}"
+        )
+    project = create_demo_project(directory, **({"epochs": epochs} if epochs else {}))
+    return project, "tiny models, 18 generated images"
+
+
 @app.command()
 def demo(
     directory: Path = typer.Argument(Path("wanlora-demo"), help="Folder for the demo project."),
-    epochs: int = typer.Option(3, help="Epochs per expert (18 steps each)."),
+    epochs: int = typer.Option(
+        None, help="Epochs per expert (default 3 for wan22-t2v: 18 steps each; 2 for TI2V)."
+    ),
+    recipe: str = typer.Option(
+        "wan22-t2v", "--recipe", "-r", help="The recipe to demo: wan22-t2v or wan22-ti2v-5b."
+    ),
 ) -> None:
     """The whole pipeline on tiny built-in models: CPU, no downloads, about a minute."""
     import torch
 
-    from ..demo import create_demo_project
     from ..run.training import describe_lora
 
-    project = create_demo_project(directory, epochs=epochs)
-    console.print(
-        styled("demo project", "green"), project.root, "(tiny models, 18 generated images)"
-    )
+    project, holds = _demo_project(recipe, directory, epochs)
+    console.print(styled("demo project", "green"), project.root, f"({holds})")
     # an existing demo folder: a new run (the earlier ones are kept in output/runs/)
     results = _train_with_progress(project, device=torch.device("cpu"), new_run=True)
-    console.print("\nYour two LoRAs:", style="bold")
+    console.print(f"\nYour {'two LoRAs' if len(results) == 2 else 'LoRA'}:", style="bold")
     for result in results:
         console.print(describe_lora(result.lora_path))
     # one command per line: "A | B" would read as a shell pipe

@@ -22,7 +22,11 @@ from ..fsutil import atomic_path
 from ..recipes.schema import LoraSettings, RecipeConfig
 from .keys import ALPHA, DOWN, down_keys
 
-ARCHITECTURES = {"t2v-A14B": "wan2.2_t2v_a14b", "t2v-14B": "wan2.1_t2v_14b"}
+ARCHITECTURES = {
+    "t2v-A14B": "wan2.2_t2v_a14b",
+    "t2v-14B": "wan2.1_t2v_14b",
+    "ti2v-5B": "wan2.2_ti2v_5b",
+}
 
 
 def lora_metadata(

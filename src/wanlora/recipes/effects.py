@@ -69,7 +69,7 @@ FIELD_EFFECTS: dict[str, Effect] = {
         "training",
         RESULT,
         "max_train_epochs seed mixed_precision fp8_base gradient_accumulation_steps attention "
-        "speed compile",  # compile: fused kernels round differently
+        "speed compile ti2v_i2v_share ti2v_mask_first_frame",  # compile: fused kernels round differently
     ),
     # save cadence, loader threads, and memory choices that change no value (recompute,
     # fp8 storage, the budget that picks them); CUDA graphs round only, as resume always had
@@ -91,7 +91,7 @@ FIELD_EFFECTS: dict[str, Effect] = {
     **_each(
         "sample",
         NONE,
-        "prompts every_n_epochs steps width height seed guidance_scale shift frames strengths",
+        "prompts every_n_epochs steps width height seed guidance_scale shift frames strengths image",
     ),
     "experts.*.guidance_scale": NONE,  # a sampling setting
 }

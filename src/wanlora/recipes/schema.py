@@ -13,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MixedPrecision = Literal["fp16", "bf16", "no"]
 
+# What each recipe task trains: the DiT task word models.load_dit checks ("t2v", "i2v",
+# "ti2v"), the VAE models.load_vae loads, and the pixel step sides must be multiples of
+# (VAE stride x the DiT's 2x2 patch: 16 for the Wan 2.1 VAE, 32 for the Wan 2.2 VAE).
+TASK_DIT = {"t2v-A14B": "t2v", "t2v-14B": "t2v", "ti2v-5B": "ti2v"}
+TASK_VAE = {"t2v-A14B": "wan2.1", "t2v-14B": "wan2.1", "ti2v-5B": "wan2.2"}
+TASK_SIZE_STEP = {"t2v-A14B": 16, "t2v-14B": 16, "ti2v-5B": 32}
+
 
 def unset(meaning: str) -> dict:
     """Field(json_schema_extra=...) for an optional field: what leaving it unset means."""
@@ -177,6 +184,20 @@ class TrainingSettings(StrictModel):
         "K/V projections and attention computed once); off: all 512 rows, as the reference "
         "computes them; auto: on for CUDA, off on CPU",
     )
+    # --- TI2V-5B (ours: the official TI2V training is unpublished; WAN22_MODELS.md 5) ---
+    ti2v_i2v_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="TI2V-5B: the share of video clips trained image-to-video (latent frame 0 "
+        "clean, its tokens at timestep 0), drawn per clip and epoch from the seeded stream; "
+        "the rest train text-to-video. Images always train text-to-image",
+    )
+    ti2v_mask_first_frame: bool = Field(
+        True,
+        description="TI2V-5B: leave an image-to-video clip's first latent frame (the given "
+        "image) out of the loss: the model produces only the frames after it",
+    )
     max_vram_gb: float | None = Field(
         None,
         gt=0,
@@ -263,6 +284,12 @@ class SampleSettings(StrictModel):
         json_schema_extra=unset("each expert's own, else the task's official pair"),
     )
     shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
+    image: str | None = Field(
+        None,
+        description="TI2V-5B: render image-to-video from this image (relative to the project): "
+        "its latent is the first frame",
+        json_schema_extra=unset("text-to-video"),
+    )
 
 
 class ValidationSettings(StrictModel):
@@ -303,7 +330,7 @@ class RecipeConfig(StrictModel):
 
     recipe: str
     description: str = ""
-    task: Literal["t2v-A14B", "t2v-14B"]
+    task: Literal["t2v-A14B", "t2v-14B", "ti2v-5B"]
     boundary: float | None = Field(
         None,
         gt=0,
@@ -328,6 +355,36 @@ class RecipeConfig(StrictModel):
         if not self.experts:
             raise ValueError("a recipe needs at least one expert")
         return self
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_vae(self) -> RecipeConfig:
+        step = TASK_SIZE_STEP[self.task]
+        sizes = {
+            "dataset.resolution": self.dataset.resolution,
+            "sample width x height": (self.sample.width, self.sample.height),
+        }
+        for where, size in sizes.items():
+            if any(side % step for side in size):
+                raise ValueError(
+                    f"{where} {size[0]}x{size[1]}: {self.task} needs sides that are multiples "
+                    f"of {step} (e.g. {size[0] // step * step or step}x{size[1] // step * step or step})"
+                )
+        return self
+
+    @property
+    def dit_task(self) -> str:
+        """The DiT task load_dit checks: "t2v", "i2v" or "ti2v"."""
+        return TASK_DIT[self.task]
+
+    @property
+    def vae_kind(self) -> str:
+        """The VAE load_vae loads: "wan2.1" or "wan2.2"."""
+        return TASK_VAE[self.task]
+
+    @property
+    def size_step(self) -> int:
+        """Image/bucket sides are multiples of this (VAE stride x the 2x2 patch)."""
+        return TASK_SIZE_STEP[self.task]
 
     def output_name(self, expert: str) -> str:
         template = self.experts[expert].output_name

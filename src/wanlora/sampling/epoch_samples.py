@@ -13,6 +13,8 @@ noise, so epochs differ only by the LoRA. Samples go to output/samples/
 (train_<expert>_e<epoch>_p<i>_seed<s>[_s<strength>], train_base_p<i>_seed<s>; .png, and
 .mp4 with `[sample] frames` > 1) and their first frames to tensorboard (samples/p<i>; the
 base at step 0), with perf/sample_seconds (all of it, kept apart from training time).
+TI2V-5B has one model: its samples come from ti2v.render_ti2v (a video, or an image at
+1 frame; image-to-video with `[sample] image`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from .pipeline import (
 )
 from .sample import dit_path, encode_prompts, load_vae_for, ordered_experts
 from .settings import clip_frames, guidance_scales, video_fps
+from .ti2v import Ti2vSpec, fit_image, render_ti2v
+from .ti2v_sample import sample_image_path
+from .ti2v_sample import save_sample as save_ti2v_sample
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +129,8 @@ class TrainingMonitor:
         dtype = self._compute_dtype(expert)
         train_device = module_device(model)
         was_training = model.training
+        if config.task == "ti2v-5B":  # one model, no other phase
+            return self._sample_ti2v(expert, epochs_done, model, dtype, train_device, was_training)
         experts = {
             name: model if name == expert else self._base_model(name, dtype) for name in self.names
         }
@@ -224,6 +231,54 @@ class TrainingMonitor:
         self._base_rendered = True
         return True
 
+    def _sample_ti2v(self, expert, epochs_done, model, dtype, train_device, was_training):
+        s = self.project.config.sample
+        if self._vae is None:
+            self._vae = load_vae_for(self.project, self.device)
+        image = sample_image_path(self.project, None)
+        spec = Ti2vSpec(
+            contexts=self._contexts,
+            seeds=[s.seed] * len(self.prompts),
+            negative=self._negative,
+            steps=s.steps,
+            width=s.width,
+            height=s.height,
+            frames=s.frames,
+            guidance_scale=guidance_scales(self.project.config, self.names)[expert],
+            shift=s.shift,
+            image=fit_image(image, s.width, s.height) if image is not None else None,
+        )
+        set_lora_multiplier(model, 1.0)
+        try:
+            videos = render_ti2v(model, self._vae, spec, device=self.device, dtype=dtype)
+        finally:
+            self._vae.to("cpu")
+            model.to(train_device)
+            model.train(was_training)
+            free_device_memory(self.device)
+        writer = self._writer(expert)
+        paths = []
+        for i, (prompt, video) in enumerate(zip(self.prompts, videos, strict=True)):
+            info = {
+                "kind": "training",
+                "expert": expert,
+                "epoch": epochs_done,
+                "prompt": prompt,
+                "prompt_index": i,
+                "seed": s.seed,
+                "strengths": {expert: 1.0},
+                "steps": s.steps,
+                "size": [s.width, s.height],
+                "frames": s.frames,
+                "image": str(image) if image is not None else None,
+            }
+            stem = self.layout.training_sample_stem(expert, epochs_done, i, s.seed)
+            paths.append(save_ti2v_sample(video, self.layout.samples_dir, stem, info))
+            if writer is not None:  # the last frame: what the video arrives at
+                writer.add_image(f"samples/p{i:02d}", video[-1], epochs_done, dataformats="HWC")
+        self.saved.extend(paths)
+        return paths
+
     def _encode(self) -> None:
         if self._contexts is not None:
             return
@@ -250,6 +305,7 @@ class TrainingMonitor:
                 dtype=dtype,
                 device="cpu",
                 fp8_round=self.project.config.training.fp8_base,
+                task=self.project.config.dit_task,
             )
         return self._base[name]
 

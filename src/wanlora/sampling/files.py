@@ -105,3 +105,9 @@ def read_png_info(path: Path) -> dict:
             return json.loads(image.text.get(PNG_KEY, "{}"))  # type: ignore[attr-defined]
     except Exception:
         return {}
+
+
+def read_video_info(path: Path) -> dict:
+    """The settings of one of our .mp4 samples: those of the PNG of its first frame beside it
+    ({} for other files)."""
+    return read_png_info(path.with_suffix(".png"))

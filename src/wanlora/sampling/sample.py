@@ -95,7 +95,8 @@ def encode_prompts(
 def load_vae_for(project: Project, device: torch.device):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dtype = torch.float32 if device.type == "cpu" else dtypes[project.config.models.vae_dtype]
-    return load_vae(_path(project, project.config.models.vae, "VAE"), dtype=dtype, device=device)
+    path = _path(project, project.config.models.vae, "VAE")
+    return load_vae(path, dtype=dtype, device=device, kind=project.config.vae_kind)
 
 
 def inference_dtype(project: Project, path: Path, device: torch.device) -> torch.dtype:
@@ -280,7 +281,9 @@ def sample_project(
     experts = {}
     for i, name in enumerate(names):
         target = device if (i == 0 or not offload) else torch.device("cpu")
-        experts[name], _info = load_dit(paths[name], dtype=dtype, device=target)
+        experts[name], _info = load_dit(
+            paths[name], dtype=dtype, device=target, task=config.dit_task
+        )
         if strengths[name] != 0:
             attach_lora(experts[name], lora_paths[name], strengths[name])
     vae = load_vae_for(project, device)

@@ -34,7 +34,7 @@ from .speed.memory_plan import DitShape, tokens_for_resolution
 from .speed.prepare import prepare_base, prepare_for_speed
 from .speed.swap_plan import SwapPlan, plan_with_swap
 from .state import TrainingParts, TrainState, check_resume, load_state
-from .step import prediction_loss
+from .step import step_functions
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,11 @@ def load_expert_model(
     load_device = torch.device("cpu") if plan.swap_indices else device
     try:
         model, _info = load_dit(
-            dit_path, dtype=plan.load_dtype, device=load_device, fp8_round=config.training.fp8_base
+            dit_path,
+            dtype=plan.load_dtype,
+            device=load_device,
+            fp8_round=config.training.fp8_base,
+            task=config.dit_task,
         )
         prepare_base(model, plan)
         add_lora(model, config.lora)
@@ -92,7 +96,8 @@ def speed_plan(
         config.training,
         device,
         dtype,
-        tokens=tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size,
+        tokens=tokens_for_resolution(config.dataset.resolution, step=config.size_step)
+        * config.dataset.batch_size,
         shape=shape,
         rank=config.lora.network_dim,
     )
@@ -179,8 +184,9 @@ def graphed_step(
     log.info("%s: CUDA graph %s", expert, "on" if not_graphed is None else f"off ({not_graphed})")
     if not_graphed is not None:
         return None
+    loss_for = step_functions(config)[2]
     return GraphedStep(
-        lambda *inputs: prediction_loss(model, *inputs, dtype, cache_enabled=False),
+        lambda *inputs: loss_for(model, *inputs, dtype, cache_enabled=False),
         lora_parameters(model),
         parts.optimizer,
         parts.scaler,

@@ -12,7 +12,9 @@
                    optimiser step
 
 Keep "the inputs" and "the loss" apart: image-to-video conditioning (extra latent channels)
-and per-token timesteps change the inputs; a loss mask changes the loss.
+and per-token timesteps change the inputs; a loss mask changes the loss. A task with its own
+inputs and loss (TI2V-5B: ti2v.py) supplies its own draws / model_inputs / prediction_loss
+with the same call shapes; `step_functions` picks them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..lora.inject import lora_parameters
 from ..models.precision import autocast
 from ..models.text_encoder import TEXT_LEN, pad_context
 from ..recipes.schema import ExpertSettings, RecipeConfig
+from . import ti2v
 from .speed.cuda_graph import GraphedStep
 from .speed.text_fold import text_rows
 from .state import TrainingParts
@@ -102,13 +105,22 @@ def prediction_loss(model, noisy, t, context, target, dtype, cache_enabled=True)
     return F.mse_loss(prediction.float(), target.float())
 
 
+def step_functions(config: RecipeConfig):
+    """(draws, model_inputs, prediction_loss) for the recipe's task: TI2V-5B's own (per-token
+    timesteps, the loss mask: ti2v.py), else the ones above."""
+    if config.task == "ti2v-5B":
+        return ti2v.draws, ti2v.model_inputs, ti2v.prediction_loss
+    return draws, model_inputs, prediction_loss
+
+
 def training_step(
     model, samples, batch, config, settings, generator, device, dtype, scaler
 ) -> float:
     """Forward + backward for one micro-batch; returns the loss value."""
+    _draws, inputs_for, loss_for = step_functions(config)
     rows = text_rows(model, [samples[i][1].shape[0] for i in batch])
-    inputs = model_inputs(samples, batch, config, settings, generator, device, rows)
-    loss = prediction_loss(model, *inputs, dtype)
+    inputs = inputs_for(samples, batch, config, settings, generator, device, rows)
+    loss = loss_for(model, *inputs, dtype)
     scaled = scaler.scale(loss / config.training.gradient_accumulation_steps)
     scaled.backward()
     return loss.item()
@@ -148,6 +160,7 @@ class Stepper:
         self.device, self.dtype = device, dtype
         self.graphed = graphed  # the whole step (optimiser and loss scale included)
         self.params = lora_parameters(self.model)
+        self.draws, self.model_inputs, _loss = step_functions(config)
 
     def micro_batch(self, batch: list[int], owned: bool = True) -> float | None:
         """Train on `batch` (accumulating gradients) and return its loss; not `owned`:
@@ -155,10 +168,10 @@ class Stepper:
         args = (self.samples, batch, self.config, self.settings, self.generator)
         if self.graphed is not None:
             rows = text_rows(self.model, [self.samples[i][1].shape[0] for i in batch])
-            return self.graphed(*model_inputs(*args, self.device, rows)).item()
+            return self.graphed(*self.model_inputs(*args, self.device, rows)).item()
         if owned:
             return training_step(self.model, *args, self.device, self.dtype, self.scaler)
-        draws(*args)
+        self.draws(*args)
         return None
 
     def optimizer_step(self) -> None:

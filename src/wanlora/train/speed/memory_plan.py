@@ -337,7 +337,8 @@ def plan_storage_and_recompute(
     )
 
 
-def tokens_for_resolution(resolution: tuple[int, int], frames: int = 1) -> int:
-    """Tokens per sample: VAE stride 8 x patch 2 = 16 pixels a token side, per latent frame."""
+def tokens_for_resolution(resolution: tuple[int, int], frames: int = 1, step: int = 16) -> int:
+    """Tokens per sample: VAE stride 8 x patch 2 = 16 pixels a token side (`step`; 32 for
+    TI2V-5B's Wan 2.2 VAE), per latent frame."""
     width, height = resolution
-    return (width // 16) * (height // 16) * frames
+    return (width // step) * (height // step) * frames
