@@ -105,15 +105,8 @@ def main() -> None:
         err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
         sys.exit(1)
     except Interrupted as exc:  # SIGINT / SIGTERM during `wanlora train` (run/signals.py)
-        again = shlex.join(["wanlora", *sys.argv[1:]])
-        if exc.state_dir is not None:
-            what = f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
-        elif exc.aborted:
-            what = "stopped at once; the last saved state is kept"
-        else:
-            what = "stopped before training started (finished cache entries are kept)"
-        err_console.print(styled(f"interrupted ({exc}):", "yellow"), what, highlight=False)
-        err_console.print(f"resume with: {again}", highlight=False)
+        err_console.print(styled(exc.message(), "yellow"), highlight=False)
+        err_console.print(f"resume with: {shlex.join(['wanlora', *sys.argv[1:]])}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print(

@@ -4,9 +4,9 @@
       project lock (lock.py), leftovers of a killed run removed
       checks.py: the dataset lints clean, the model files are sound (headers only)
       jobs.py: one process, or workers for the experts side by side / data-parallel
-        one process:  experts.train_project -> experts.run_expert per expert, under
-                      signals.stop_on_signals (SIGINT/SIGTERM: save at the step, Interrupted)
-        workers:      workers.run_parallel  -> experts.run_expert in each worker
+        signals.stop_on_signals around either (SIGINT/SIGTERM: save at the step, Interrupted)
+        one process:  one_process.train_in_this_process -> experts.run_expert per expert
+        workers:      workers.run_parallel -> experts.run_expert in each worker
     describe_lora: a LoRA file in two lines, for the CLI and the demo
 
 The run layer builds what the engine (wanlora.train) is handed: the prepared data, the
@@ -25,12 +25,11 @@ from ..lora.file import read_lora_file
 from ..lora.keys import down_keys
 from ..recipes import Project
 from ..sampling.epoch_samples import TrainingMonitor
-from ..train.callbacks import EpochCallback, ExpertResult, StepCallback, StopTraining
-from ..train.state import latest_state_dir
+from ..train.callbacks import EpochCallback, ExpertResult, StepCallback
 from .checks import check_dataset_clean, check_model_files
-from .experts import train_project
 from .jobs import plan_jobs
 from .lock import project_lock, remove_leftovers
+from .one_process import train_in_this_process, with_kept_states
 from .signals import Interrupted, stop_on_signals
 from .workers import run_parallel
 
@@ -53,45 +52,54 @@ def run_training(
 
     Several devices (`devices`, default: every visible GPU unless `device` is given): the
     experts train side by side and/or data-parallel, in worker processes (workers.py)."""
-    with project_lock(project.root, "train"):
-        remove_leftovers(project.root, project.output_dir, project.cache_dir)
-        check_dataset_clean(project)
-        check_model_files(project, experts, overwrite=overwrite, restart=restart)
-        waves = plan_jobs(
-            experts or list(project.config.experts),
-            devices or ([str(device)] if device is not None else None),
-            data_parallel=data_parallel,
-            parallel_experts=parallel_experts,
+    # SIGINT / SIGTERM from here on: signals.py says what happens in each phase
+    with stop_on_signals() as stop, project_lock(project.root, "train"):
+        try:
+            return _train(project, stop, experts, device, overwrite, restart, on_step,
+                          on_epoch_end, devices, parallel_experts, data_parallel)  # fmt: skip
+        except Interrupted as exc:
+            raise with_kept_states(exc, project) from None
+
+
+def _train(project, stop, experts, device, overwrite, restart, on_step, on_epoch_end, devices,
+           parallel_experts, data_parallel) -> list[ExpertResult]:  # fmt: skip
+    remove_leftovers(project.root, project.output_dir, project.cache_dir)
+    check_dataset_clean(project)
+    check_model_files(project, experts, overwrite=overwrite, restart=restart)
+    waves = plan_jobs(
+        experts or list(project.config.experts),
+        devices or ([str(device)] if device is not None else None),
+        data_parallel=data_parallel,
+        parallel_experts=parallel_experts,
+    )
+    if waves is None:
+        return train_in_this_process(
+            project,
+            experts,
+            stop,
+            device=device or (torch.device(devices[0]) if devices else None),
+            overwrite=overwrite,
+            restart=restart,
+            on_step=on_step,
+            on_epoch_end=on_epoch_end,
         )
-        if waves is None:
-            with stop_on_signals() as stop:
-                try:
-                    return train_project(
-                        project,
-                        experts,
-                        device=device or (torch.device(devices[0]) if devices else None),
-                        overwrite=overwrite,
-                        restart=restart,
-                        on_step=stop.step_callback(on_step),
-                        on_epoch_end=on_epoch_end,
-                    )
-                except StopTraining:
-                    if stop.signum is None or stop.last is None:
-                        raise  # a callback's own stop, not a signal's
-                    expert, step = stop.last.expert, stop.last.step
-                    saved = latest_state_dir(project.output_dir, expert)
-                    raise Interrupted(stop.signum, expert=expert, step=step, state_dir=saved) from None
-        # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
-        # worker runs its own); any other on_epoch_end would be silently skipped
-        monitor = isinstance(on_epoch_end, TrainingMonitor)
-        if on_epoch_end is not None and not monitor:
-            raise WanloraError(
-                "an on_epoch_end callback cannot run in worker processes",
-                "train on one device (devices=[...] with one entry), or leave on_epoch_end out",
-            )
-        return run_parallel(
-            project, waves, overwrite=overwrite, restart=restart, on_step=on_step, monitor=monitor
+    # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
+    # worker runs its own); any other on_epoch_end would be silently skipped
+    monitor = isinstance(on_epoch_end, TrainingMonitor)
+    if on_epoch_end is not None and not monitor:
+        raise WanloraError(
+            "an on_epoch_end callback cannot run in worker processes",
+            "train on one device (devices=[...] with one entry), or leave on_epoch_end out",
         )
+    return run_parallel(
+        project,
+        waves,
+        overwrite=overwrite,
+        restart=restart,
+        on_step=on_step,
+        monitor=monitor,
+        stop=stop,
+    )
 
 
 def describe_lora(path: Path) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import faults
 from ..device_memory import free_device_memory
 from ..lora.inject import set_lora_multiplier
 from ..models.dit import infer_dit_info, load_dit
@@ -137,6 +138,7 @@ class TrainingMonitor:
         )
         set_lora_multiplier(model, 1.0)
         try:
+            faults.point("sample", expert)  # test hook (faults.py): inert unless asked
             images = render(
                 experts, self._vae, spec, device=self.device, dtype=dtype, offload=offload
             )
