@@ -7,6 +7,7 @@ worker process on a 2-core box, so every configuration computes the same bits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -20,6 +21,7 @@ from wanlora.demo import DEMO_TRIGGER, create_demo_project
 from wanlora.lora.file import read_lora_file
 from wanlora.outputs import lora_path
 from wanlora.recipes import load_project
+from wanlora.run.training import run_training
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,6 +46,25 @@ def tiny_project(root: Path) -> Path:
                     every_n_epochs=1),  # fmt: skip
     )
     return root
+
+
+def reference_project(root: Path) -> Path:
+    """The uninterrupted run every interrupted one is compared with (both experts), and
+    the cache every copy reuses."""
+    tiny_project(root)
+    with one_torch_thread():
+        run_training(load_project(root), device=CPU)
+    return root
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def set_toml(root: Path, **tables) -> None:

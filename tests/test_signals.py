@@ -13,7 +13,6 @@ import signal
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from signal_runs import (
     CPU,
@@ -22,7 +21,7 @@ from signal_runs import (
     assert_same_loras,
     fresh_copy,
     loras,
-    tiny_project,
+    one_torch_thread,
 )
 from wanlora.outputs import lora_path
 from wanlora.recipes import load_project
@@ -36,18 +35,14 @@ BOTH = ("high", "low")
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory, one_thread):
-    """The uninterrupted reference (both experts) and the cache every copy reuses."""
-    root = tiny_project(tmp_path_factory.mktemp("signals") / "reference")
-    run_training(load_project(root), device=CPU)
-    return root
+@pytest.fixture
+def template(signal_reference):
+    """The uninterrupted reference (conftest.py, shared with test_signals_workers.py)."""
+    return signal_reference
 
 
 @dataclass(frozen=True)
