@@ -138,13 +138,7 @@ def main() -> None:
         # the same command resumes; a flag that starts a new run would start yet another
         fresh = {"--new-run", "--overwrite", "--restart"}
         again = shlex.join(["wanlora", *(a for a in sys.argv[1:] if a not in fresh)])
-        if exc.state_dir is not None:
-            what = f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
-        elif exc.aborted:
-            what = "stopped at once; the last saved state is kept"
-        else:
-            what = "stopped before training started (finished cache entries are kept)"
-        err_console.print(styled(f"interrupted ({exc}):", "yellow"), what, highlight=False)
+        err_console.print(styled(exc.message(), "yellow"), highlight=False)
         err_console.print(f"resume with: {again}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

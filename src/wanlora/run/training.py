@@ -7,9 +7,9 @@
         nothing to do, or a refusal; kept.py: the previous run kept, this run's record
       checks.py: the model files are sound (headers only)
       jobs.py: one process, or workers for the experts side by side / data-parallel
-        one process:  experts.train_project -> experts.run_expert per expert, under
-                      signals.stop_on_signals (SIGINT/SIGTERM: save at the step, Interrupted)
-        workers:      workers.run_parallel  -> experts.run_expert in each worker
+        signals.stop_on_signals around either (SIGINT/SIGTERM: save at the step, Interrupted)
+        one process:  one_process.train_in_this_process -> experts.run_expert per expert
+        workers:      workers.run_parallel -> experts.run_expert in each worker
       validation.write_verdict: does each LoRA move the model (output/verdict.json)
     describe_lora: a LoRA file in two lines, for the CLI and the demo
 
@@ -30,15 +30,14 @@ from ..lora.file import read_lora_file
 from ..lora.keys import down_keys
 from ..recipes import Project
 from ..sampling.epoch_samples import TrainingMonitor
-from ..train.callbacks import EpochCallback, ExpertResult, StepCallback, StopTraining
-from ..train.state import latest_state_dir
+from ..train.callbacks import EpochCallback, ExpertResult, StepCallback
 from .checks import check_dataset_clean, check_model_files
-from .experts import train_project
 from .jobs import plan_jobs
 from .kept import recorded
 from .lock import project_lock, remove_leftovers
+from .one_process import train_in_this_process, with_kept_states
 from .plan import Plan, make_plan
-from .signals import Interrupted, stop_on_signals
+from .signals import Interrupted, StopRequest, stop_on_signals
 from .validation import write_verdict
 from .workers import run_parallel
 
@@ -68,35 +67,41 @@ def run_training(
 
     Several devices (`devices`, default: every visible GPU unless `device` is given): the
     experts train side by side and/or data-parallel, in worker processes (workers.py)."""
-    with project_lock(project.root, "train"):
-        remove_leftovers(project.root, project.output_dir, project.cache_dir)
-        check_dataset_clean(project)
-        # --- the run: what changed since the last one, and what that redoes ----------------
-        plan = make_plan(project, experts, new_run=new_run or overwrite or restart)
-        if on_plan is not None:
-            on_plan(plan)
-        if plan.action == "refuse":
-            raise plan.refusal(project)
-        if not plan.train:
-            return plan.skipped_results()
-        with recorded(project, plan) as results:
-            results += _train_experts(
-                project,
-                plan.train,
-                fresh=plan.action in ("first", "new"),
-                device=device,
-                on_step=on_step,
-                on_epoch_end=on_epoch_end,
-                devices=devices,
-                parallel_experts=parallel_experts,
-                data_parallel=data_parallel,
-            )
-            write_verdict(project)  # each expert's from its validation log: output/verdict.json
-        return plan.skipped_results() + results
+    # SIGINT / SIGTERM from here on: signals.py says what happens in each phase
+    with stop_on_signals() as stop, project_lock(project.root, "train"):
+        try:
+            remove_leftovers(project.root, project.output_dir, project.cache_dir)
+            check_dataset_clean(project)
+            # --- the run: what changed since the last one, and what that redoes ------------
+            plan = make_plan(project, experts, new_run=new_run or overwrite or restart)
+            if on_plan is not None:
+                on_plan(plan)
+            if plan.action == "refuse":
+                raise plan.refusal(project)
+            if not plan.train:
+                return plan.skipped_results()
+            with recorded(project, plan) as results:
+                results += _train_experts(
+                    project,
+                    stop,
+                    plan.train,
+                    fresh=plan.action in ("first", "new"),
+                    device=device,
+                    on_step=on_step,
+                    on_epoch_end=on_epoch_end,
+                    devices=devices,
+                    parallel_experts=parallel_experts,
+                    data_parallel=data_parallel,
+                )
+                write_verdict(project)  # each expert's, from its validation log
+            return plan.skipped_results() + results
+        except Interrupted as exc:
+            raise with_kept_states(exc, project) from None
 
 
 def _train_experts(
     project: Project,
+    stop: StopRequest,
     experts: list[str],
     *,
     fresh: bool,
@@ -118,23 +123,16 @@ def _train_experts(
         parallel_experts=parallel_experts,
     )
     if waves is None:
-        with stop_on_signals() as stop:
-            try:
-                return train_project(
-                    project,
-                    experts,
-                    device=device or (torch.device(devices[0]) if devices else None),
-                    overwrite=overwrite,
-                    restart=restart,
-                    on_step=stop.step_callback(on_step),
-                    on_epoch_end=on_epoch_end,
-                )
-            except StopTraining:
-                if stop.signum is None or stop.last is None:
-                    raise  # a callback's own stop, not a signal's
-                expert, step = stop.last.expert, stop.last.step
-                saved = latest_state_dir(project.output_dir, expert)
-                raise Interrupted(stop.signum, expert=expert, step=step, state_dir=saved) from None
+        return train_in_this_process(
+            project,
+            experts,
+            stop,
+            device=device or (torch.device(devices[0]) if devices else None),
+            overwrite=overwrite,
+            restart=restart,
+            on_step=on_step,
+            on_epoch_end=on_epoch_end,
+        )
     # worker processes: the callback cannot travel, but a TrainingMonitor's work can (each
     # worker runs its own); any other on_epoch_end would be silently skipped
     monitor = isinstance(on_epoch_end, TrainingMonitor)
@@ -144,7 +142,13 @@ def _train_experts(
             "train on one device (devices=[...] with one entry), or leave on_epoch_end out",
         )
     return run_parallel(
-        project, waves, overwrite=overwrite, restart=restart, on_step=on_step, monitor=monitor
+        project,
+        waves,
+        overwrite=overwrite,
+        restart=restart,
+        on_step=on_step,
+        monitor=monitor,
+        stop=stop,
     )
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import faults
 from ..device_memory import free_device_memory
 from ..lora.inject import set_lora_multiplier
 from ..models.dit import infer_dit_info, load_dit
@@ -170,6 +171,7 @@ class TrainingMonitor:
         base_due = not self._base_rendered and not self._base_on_disk(settings)
         renders: list[tuple[float | None, list]] = []  # (strength | None for base, clips)
         try:
+            faults.point("sample", expert)  # test hook (faults.py): inert unless asked
             for strength in [None] * base_due + list(s.strengths):
                 set_lora_multiplier(model, 0.0 if strength is None else strength)
                 clips = render(
@@ -250,6 +252,7 @@ class TrainingMonitor:
         )
         set_lora_multiplier(model, 1.0)
         try:
+            faults.point("sample", expert)  # test hook (faults.py): inert unless asked
             videos = render_ti2v(model, self._vae, spec, device=self.device, dtype=dtype)
         finally:
             self._vae.to("cpu")

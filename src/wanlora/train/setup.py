@@ -61,7 +61,7 @@ def load_expert_model(
         add_lora(model, config.lora)
         prepare_for_speed(model, plan, device)
         install_block_swap(model, plan, device)  # after recompute is set: swapped blocks need it
-        faults.point("model_load")  # test hook (faults.py): inert unless asked
+        faults.point("model_load", expert)  # test hook (faults.py): inert unless asked
     except torch.OutOfMemoryError as exc:
         raise out_of_memory(expert, f"while loading {dit_path.name} on {device}", exc) from None
     model.train()

@@ -173,6 +173,7 @@ def save_state(
     root = state_root(output_dir, expert)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_STATE_PREFIX}{state.step:08d}"
+    faults.point("state_save", final)  # test hooks (faults.py): inert unless asked
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -183,7 +184,7 @@ def save_state(
         trainer = _encode(_trainer_state(optimizer, scheduler, scaler, generator), "", tensors)
         save_file(tensors, tmp / TRAINER_TENSORS)  # a full disk: "os error 28", is_disk_full
         _write_json(tmp / TRAINER_JSON, {"format": _TRAINER_FORMAT, **trainer})
-        faults.point("state_write", tmp)  # test hook (faults.py): inert unless asked
+        faults.point("state_write", tmp)
         _write_json(tmp / "meta.json", state.__dict__)  # written last: marks completeness
         _fsync_tree(tmp)
     except BaseException as exc:  # no half-written folder left behind (a kill leaves one: _prune)
