@@ -9,7 +9,16 @@ data and the same LoRA initialisation, so the loss curves are comparable.
     python benchmarks/bench_step.py --all --out DIR        # every variant, fresh process each
     python benchmarks/bench_step.py --variant exact        # one variant, this process
     python benchmarks/bench_step.py --tiny --all --inline  # CPU smoke run
-    python benchmarks/bench_step.py --i2v 81 --all --out DIR  # I2V-A14B, 832x480, 81 frames
+    python benchmarks/bench_step.py --model ti2v-5b --frames 121 --all --out DIR  # TI2V-5B
+    python benchmarks/bench_step.py --model i2v-a14b --frames 81 --all --out DIR  # I2V-A14B
+
+--model ti2v-5b builds the Wan 2.2 TI2V-5B DiT instead (dim 3072, 30 layers, 24 heads, ffn
+14336, in/out 48 channels) and trains the wan22-ti2v-5b recipe's step (per-token timesteps,
+image-to-video share, masked loss: wanlora.train.ti2v) at 704p, i.e. 1280x704 (latent 80x44,
+880 tokens a latent frame), on --frames 1 (an image) or 121 (31 latent frames, 27280 tokens).
+--model i2v-a14b: the Wan 2.2 I2V-A14B expert (the T2V expert's dims, 36 input channels:
+noisy 16 + mask 4 + y 16) on the wan22-i2v recipe's step at 832x480 (latent 104x60), on
+--frames 33 or 81 (21 latent frames, 32760 tokens).
 
 Variants (see VARIANTS): "reference" is the direct port (diffusers layerwise fp8 casting,
 fp16 autocast + GradScaler, every block checkpointed, SDPA, no compile); the others go through
@@ -35,26 +44,33 @@ import torch
 FULL = dict(dim=5120, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256, latent=120)
 TINY = dict(dim=256, ffn_dim=512, num_layers=2, text_dim=64, freq_dim=256, latent=8)
 TEXT_TOKENS = 120  # real caption tokens, padded to 512 by the training step
-# I2V-A14B (--i2v FRAMES): the expert takes 36 channels (noisy 16 + mask 4 + y 16) of a clip
-# of FRAMES frames at 832x480 (latent 104x60, 1 + (F-1)//4 latent frames); --tiny: 48x32.
-I2V_LATENT_HW = {"full": (60, 104), "tiny": (4, 6)}
+# Wan 2.2 TI2V-5B at 704p (1280x704: latent 80 x 44 with the Wan 2.2 VAE's 16x stride)
+FULL_TI2V = dict(
+    dim=3072, ffn_dim=14336, num_layers=30, text_dim=4096, freq_dim=256, latent=(44, 80),
+    channels=48, recipe="wan22-ti2v-5b",
+)  # fmt: skip
+TINY_TI2V = dict(TINY, latent=(4, 8), channels=48, recipe="wan22-ti2v-5b")
+# Wan 2.2 I2V-A14B at 832x480 (latent 104 x 60): the T2V expert's dims, 36 input channels
+# (noisy 16 + the first-frame conditioning: mask 4 + y 16), out 16
+FULL_I2V = dict(FULL, latent=(60, 104), in_channels=36, recipe="wan22-i2v")
+TINY_I2V = dict(TINY, latent=(4, 6), in_channels=36, recipe="wan22-i2v")  # 48x32 pixels
+MODELS = {
+    "t2v-a14b": (FULL, TINY),
+    "ti2v-5b": (FULL_TI2V, TINY_TI2V),
+    "i2v-a14b": (FULL_I2V, TINY_I2V),
+}
 
 
-def i2v_cfg(cfg: dict, frames: int, tiny: bool) -> dict:
-    """`cfg` for the I2V-A14B expert on clips of `frames` frames (4n + 1)."""
-    if frames < 1 or (frames - 1) % 4:
-        raise ValueError(f"--i2v takes 4n + 1 frames (33, 81), got {frames}")
-    height, width = I2V_LATENT_HW["tiny" if tiny else "full"]
-    return dict(cfg, in_channels=36, frames=frames, latent_hw=(height, width))
+def latent_shape(cfg: dict, frames: int = 1) -> tuple[int, int, int, int]:
+    """(C, latent frames, H, W) of one sample: `frames` video frames (4n+1)."""
+    side = cfg["latent"]
+    height, width = side if isinstance(side, tuple) else (side, side)
+    return cfg.get("channels", 16), 1 + (frames - 1) // 4, height, width
 
 
-def sample_tokens(cfg: dict) -> int:
-    """DiT tokens per sample: latent frames x (h/2) x (w/2) (patch 1x2x2)."""
-    if "frames" not in cfg:
-        return (cfg["latent"] // 2) ** 2
-    height, width = cfg["latent_hw"]
-    return (1 + (cfg["frames"] - 1) // 4) * (height // 2) * (width // 2)
-
+def token_count(cfg: dict, frames: int = 1) -> int:
+    _c, f, h, w = latent_shape(cfg, frames)
+    return f * (h // 2) * (w // 2)
 
 # name -> (speed, compile, checkpointing, fp8_storage, description)
 VARIANTS: dict[str, dict] = {
@@ -123,6 +139,12 @@ VARIANTS["fast-nograph"] = dict(VARIANTS["fast"], graph=False, desc="FAST, eager
 VARIANTS["fast-no-t"] = dict(
     VARIANTS["fast"], transposed=False, desc="FAST without transposed fp8 copies"
 )
+VARIANTS["exact-nofold"] = dict(
+    VARIANTS["exact"], text_fold="off", desc="exact, all 512 text rows attended (no fold)"
+)
+VARIANTS["fast-nofold"] = dict(
+    VARIANTS["fast"], text_fold="off", desc="FAST, all 512 text rows attended (no fold)"
+)
 VARIANTS["exact-peftcast"] = dict(
     VARIANTS["exact-nograph"], peft_cast=True, desc="exact, eager step, peft casts"
 )
@@ -188,8 +210,8 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
         ffn_dim=cfg["ffn_dim"],
         num_layers=cfg["num_layers"],
         num_heads=cfg["dim"] // 128,
-        in_channels=cfg.get("in_channels", 16),
-        out_channels=16,
+        in_channels=cfg.get("in_channels", cfg.get("channels", 16)),
+        out_channels=cfg.get("channels", 16),
         text_dim=cfg["text_dim"],
         freq_dim=cfg["freq_dim"],
         patch_size=(1, 2, 2),
@@ -221,14 +243,13 @@ def build_random_dit(cfg: dict, device: torch.device, dtype: torch.dtype, seed: 
     return model
 
 
-def make_samples(cfg: dict, n: int = 4, seed: int = 1):
+def make_samples(cfg: dict, n: int = 4, seed: int = 1, frames: int = 1):
     gen = torch.Generator("cpu").manual_seed(seed)
-    if "frames" in cfg:  # I2V: (latent, text, conditioning = the official mask + a random y)
+    if cfg.get("in_channels") == 36:  # I2V: (latent, text, the official mask + a random y)
         from wanlora.cache.i2v_conditioning import conditioning_mask
 
-        height, width = cfg["latent_hw"]
-        shape = (16, 1 + (cfg["frames"] - 1) // 4, height, width)
-        mask = conditioning_mask(cfg["frames"], height, width)
+        shape = latent_shape(cfg, frames)
+        mask = conditioning_mask(frames, *shape[2:])
         return [
             (
                 torch.randn(shape, generator=gen),
@@ -237,10 +258,9 @@ def make_samples(cfg: dict, n: int = 4, seed: int = 1):
             )
             for _ in range(n)
         ]
-    side = cfg["latent"]
     return [
         (
-            torch.randn(16, 1, side, side, generator=gen),
+            torch.randn(latent_shape(cfg, frames), generator=gen),
             torch.randn(TEXT_TOKENS, cfg["text_dim"], generator=gen) * 0.1,
         )
         for _ in range(n)
@@ -264,6 +284,7 @@ def run_variant(
     steps: int,
     max_vram_gb: float | None = None,
     profile: bool = False,
+    frames: int = 1,
 ) -> dict:
     from wanlora.lora.inject import add_lora, lora_parameters
     from wanlora.models.precision import grad_scaler
@@ -277,10 +298,12 @@ def run_variant(
         return _reference_swap().run_swap_variant(
             types.SimpleNamespace(**globals()), name, cfg, device, warmup, steps
         )
-    recipe = load_recipe("wan22-i2v" if "frames" in cfg else "wan22-t2v")
+    from wanlora.train.step import step_functions
+
+    recipe = load_recipe(cfg.get("recipe", "wan22-t2v"))
     dtype = torch.float16
-    expert = recipe.experts["low"]
-    tokens = sample_tokens(cfg)
+    expert = recipe.experts["low" if "low" in recipe.experts else "main"]
+    tokens = token_count(cfg, frames)
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.empty_cache()
@@ -295,6 +318,7 @@ def run_variant(
         model.enable_gradient_checkpointing()
     else:
         update = {k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
+        update["text_fold"] = spec.get("text_fold", "on")
         training = recipe.training.model_copy(update=dict(update, max_vram_gb=max_vram_gb))
         plan_training = training
         shape = DitShape.wan(
@@ -318,16 +342,16 @@ def run_variant(
     optimizer = torch.optim.AdamW(lora_parameters(model), lr=3e-4, weight_decay=0.1, fused=fused)
     scaler = grad_scaler(device, dtype)
     generator = torch.Generator("cpu").manual_seed(5)
-    samples = make_samples(cfg)
+    samples = make_samples(cfg, frames=frames)
     graphed = None
     graph_ok = plan is not None and why_not_graphed(plan_training, 0.0, device, n_ckpt, 1) is None
     if spec.get("graph", True) and graph_ok:  # as the training loop decides
         from wanlora.train.speed.cuda_graph import GraphedStep, set_capturable
-        from wanlora.train.step import prediction_loss
 
         set_capturable(optimizer, device, on=True)
+        loss_for = step_functions(recipe)[2]  # the recipe's task: TI2V has its own loss
         graphed = GraphedStep(
-            lambda *inputs: prediction_loss(model, *inputs, dtype, cache_enabled=False),
+            lambda *inputs: loss_for(model, *inputs, dtype, cache_enabled=False),
             lora_parameters(model),
             optimizer,
             scaler,
@@ -352,6 +376,8 @@ def run_variant(
     result = _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt)
     result["max_vram_gb"] = max_vram_gb
     result["cuda_graph"] = graphed is not None
+    result["model"] = recipe.task
+    result["frames"], result["tokens"] = frames, tokens
     if profile_text:
         result["profile"] = profile_text
     if plan is not None:
@@ -385,8 +411,10 @@ def _steps(
     warmup,
     steps,
 ):
-    from wanlora.train.step import model_inputs, training_step
+    from wanlora.train.speed.text_fold import text_rows
+    from wanlora.train.step import step_functions, training_step
 
+    model_inputs = step_functions(recipe)[1]
     cuda = device.type == "cuda"
     times, losses = [], []
     for step in range(warmup + steps):
@@ -397,7 +425,8 @@ def _steps(
         start = time.perf_counter()
         batch = [step % len(samples)]
         if graphed is not None:  # the whole step (optimiser included) replayed from a graph
-            inputs = model_inputs(samples, batch, recipe, expert, generator, device)
+            rows = text_rows(model, [samples[i][1].shape[0] for i in batch])
+            inputs = model_inputs(samples, batch, recipe, expert, generator, device, rows)
             loss = graphed(*inputs).item()
         else:
             loss = training_step(
@@ -601,6 +630,9 @@ def loss_diffs(results: list[dict]) -> str:
     lines = []
     for a, b in [
         ("exact", "fast"),
+        ("exact-nofold", "exact"),  # the text fold: same maths, rounding only
+        ("fast-nofold", "fast"),
+        ("exact-nofold", "fast-nofold"),
         ("exact-lowmem", "fast-lowmem"),
         ("reference", "exact"),
         ("reference", "exact-lowmem"),
@@ -623,12 +655,9 @@ def loss_diffs(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="tiny dims (CPU smoke test)")
+    p.add_argument("--model", choices=sorted(MODELS), default="t2v-a14b", help="which DiT")
     p.add_argument(
-        "--i2v",
-        type=int,
-        default=None,
-        metavar="FRAMES",
-        help="the I2V-A14B expert (36 input channels) on 832x480 clips of FRAMES frames",
+        "--frames", type=int, default=1, help="video frames a sample (4n+1; ti2v-5b: 1 or 121; i2v-a14b: 33 or 81)"
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variant", help="run one variant in this process, print JSON")
@@ -654,18 +683,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_vram is not None and not args.max_vram > 0:
         p.error(f"--max-vram must be a positive number of GiB (got {args.max_vram})")
-    cfg = TINY if args.tiny else FULL
-    if args.i2v is not None:
-        cfg = i2v_cfg(cfg, args.i2v, args.tiny)
+    if (args.frames - 1) % 4:
+        p.error(f"--frames must be 4n+1 (got {args.frames})")
+    full, tiny = MODELS[args.model]
+    cfg = tiny if args.tiny else full
     device = torch.device(args.device)
-    tokens = sample_tokens(cfg)
+    tokens = token_count(cfg, args.frames)
 
     if args.variant:
         try:
             cap_memory(device, args.max_vram)
             profile = args.variant in args.profile.split(",")
             result = run_variant(
-                args.variant, cfg, device, args.warmup, args.steps, args.max_vram, profile
+                args.variant, cfg, device, args.warmup, args.steps, args.max_vram, profile,
+                args.frames,
             )
         except Exception as exc:  # reported, not fatal: the other variants still run
             import traceback
@@ -682,7 +713,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.inline:
             try:
                 results.append(
-                    run_variant(name, cfg, device, args.warmup, args.steps, args.max_vram)
+                    run_variant(
+                        name, cfg, device, args.warmup, args.steps, args.max_vram,
+                        frames=args.frames,
+                    )
                 )
             except Exception as exc:
                 results.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"})
@@ -700,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
             str(args.steps),
         ]
         cmd += ["--tiny"] if args.tiny else []
-        cmd += ["--i2v", str(args.i2v)] if args.i2v is not None else []
+        cmd += ["--model", args.model, "--frames", str(args.frames)]
         cmd += ["--max-vram", str(args.max_vram)] if args.max_vram is not None else []
         cmd += ["--profile", args.profile] if args.profile else []
         env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")

@@ -24,3 +24,11 @@ def zygote(tmp_path_factory):
     z = Zygote(tmp_path_factory.mktemp("zygote-logs"))
     yield z
     z.close()
+
+
+@pytest.fixture(scope="session")
+def signal_reference(tmp_path_factory):
+    """The signal tests' uninterrupted run (tests/signal_runs.py), made once per session."""
+    from signal_runs import reference_project
+
+    return reference_project(tmp_path_factory.mktemp("signals") / "reference")

@@ -36,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"cache"},
     {"train", "sampling"},  # peers: neither imports the other (check b)
     {"run"},
-    {"report", "captioning", "export", "tutorial", "doctor", "demo", "project_init"},
+    {"report", "captioning", "export", "tutorial", "doctor", "demo", "demo_i2v", "demo_ti2v", "project_init"},
     {"cli"},
 ]
 PEERS_APART = ("train", "sampling")

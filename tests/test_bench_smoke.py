@@ -54,21 +54,48 @@ def test_attention_bench_runs_tiny_on_the_cpu():
         assert row["backend"] == "math" and row["forward_ms"] > 0 and row["max_diff_out"] == 0
 
 
+def test_validation_bench_runs_tiny_on_the_cpu():
+    bench = load_benchmark("bench_validation.py")
+    result = bench.run(bench.bench_step.TINY, CPU, warmup=1, steps=1, items=2)
+    assert result["validation_forwards_per_point"] == 4  # 2 items, 4 timesteps
+    assert result["train_s_per_step"] > 0 and result["validation_point_s"] > 0
+    assert len(result["steps_after_validation_s"]) == 3 and result["recipe_overhead"] > 0
+
+
+def test_ti2v_5b_variant_runs_tiny_on_images_and_clips(bench):
+    """`--model ti2v-5b`: the 5B DiT (48 channels) on the TI2V step, 1 frame and a clip."""
+    assert bench.token_count(bench.FULL_TI2V, 1) == 880  # 1280x704: 40 x 22 tokens
+    assert bench.token_count(bench.FULL_TI2V, 121) == 31 * 880
+    for frames in (1, 5):
+        results = {
+            name: bench.run_variant(name, bench.TINY_TI2V, CPU, warmup=1, steps=1, frames=frames)
+            for name in ("reference", "exact-eager")
+        }
+        for r in results.values():
+            assert r["model"] == "ti2v-5B" and r["frames"] == frames
+            assert r["tokens"] == bench.token_count(bench.TINY_TI2V, frames)
+            assert len(r["losses"]) == 2 and all(math.isfinite(x) for x in r["losses"])
+        exact, ref = results["exact-eager"]["losses"], results["reference"]["losses"]
+        assert exact[0] == pytest.approx(ref[0], rel=1e-3)
+
+
 def test_i2v_variant_runs_tiny_on_the_cpu(bench):
-    """--i2v FRAMES: the I2V-A14B expert (36 input channels) on clips, 832x480 at full size."""
-    assert bench.sample_tokens(bench.i2v_cfg(bench.FULL, 33, tiny=False)) == 9 * 30 * 52
-    assert bench.sample_tokens(bench.i2v_cfg(bench.FULL, 81, tiny=False)) == 21 * 30 * 52
-    cfg = bench.i2v_cfg(bench.TINY, 9, tiny=True)
+    """`--model i2v-a14b`: the I2V-A14B expert (36 input channels) on clips, 832x480 at full
+    size, through the wan22-i2v recipe's step (the conditioning after the noisy latent)."""
+    assert bench.token_count(bench.FULL_I2V, 33) == 9 * 30 * 52
+    assert bench.token_count(bench.FULL_I2V, 81) == 21 * 30 * 52
+    cfg = bench.TINY_I2V
     results = {
-        name: bench.run_variant(name, cfg, CPU, warmup=1, steps=1)
+        name: bench.run_variant(name, cfg, CPU, warmup=1, steps=1, frames=9)
         for name in ("reference", "exact-eager")
     }
     for r in results.values():
+        assert r["model"] == "i2v-A14B" and r["tokens"] == bench.token_count(cfg, 9)
         assert len(r["losses"]) == 2 and all(math.isfinite(x) for x in r["losses"])
     exact, ref = (results[n]["losses"] for n in ("exact-eager", "reference"))
     assert exact[0] == pytest.approx(ref[0], rel=1e-3)
-    samples = bench.make_samples(cfg, n=1)
+    samples = bench.make_samples(cfg, n=1, frames=9)
     (latent, _text, conditioning) = samples[0]
     assert latent.shape == (16, 3, 4, 6) and conditioning.shape == (20, 3, 4, 6)
-    with pytest.raises(ValueError, match="4n \\+ 1"):
-        bench.i2v_cfg(bench.FULL, 32, tiny=False)
+    with pytest.raises(SystemExit):  # --frames must be 4n + 1
+        bench.main(["--model", "i2v-a14b", "--frames", "32", "--tiny", "--inline"])

@@ -50,3 +50,16 @@ def test_piped_output_never_splits_a_long_path(tmp_path):
     r = run_cli("check", str(root / "no such folder"))
     assert r.returncode == 1
     assert str(root / "no such folder") in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_flag_given_true_or_false_says_it_is_a_flag(tmp_path):
+    r = run_cli("train", "mylora", "--overwrite", "true", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: --overwrite is a flag and takes no value (got `--overwrite true`) -- "
+        "write --overwrite alone"
+    )
+    r = run_cli("train", "mylora", "--parallel-experts", "false", cwd=tmp_path)
+    assert "-- write --sequential" in r.stderr and r.returncode == 2
+    r = run_cli("check", "--json", "no", cwd=tmp_path)
+    assert "--json is a flag and takes no value" in r.stderr and "leave it out" in r.stderr

@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 
 from wanlora.cli import app
 from wanlora.demo import create_demo_project
+from wanlora.demo_i2v import create_i2v_demo_project
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -207,7 +208,8 @@ def test_runnable_commands_run(invocations, tmp_path, monkeypatch):
             # training is covered by tests/test_demo.py; here the demo folder is made by the
             # same library function without the training part
             recipe = args[args.index("--recipe") + 1] if "--recipe" in args else "wan22-t2v"
-            create_demo_project(tmp_path / targets[0], epochs=1, recipe=recipe)
+            make = create_i2v_demo_project if recipe == "wan22-i2v" else create_demo_project
+            make(tmp_path / targets[0], epochs=1)
             ran.append(path)
             continue
         elif path not in NEEDS_NO_PROJECT and not any(

@@ -26,13 +26,13 @@ from wanlora.cache.i2v_conditioning import (
 )
 from wanlora.dataset.lint import check_dataset
 from wanlora.dataset.video_frames import load_clip_frames
-from wanlora.demo import create_demo_project
+from wanlora.demo_i2v import create_i2v_demo_project
 from wanlora.errors import WanloraError
 from wanlora.models import encode_video_latents, load_vae
 from wanlora.models.registry import MODEL_FILES
 from wanlora.recipes import config_to_toml, load_project, load_recipe
 from wanlora.train.i2v_inputs import with_conditioning
-from wanlora.train.step import model_inputs
+from wanlora.train.step import i2v_model_inputs, step_functions
 
 CPU = torch.device("cpu")
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -41,7 +41,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2v") / "project"
-    create_demo_project(root, epochs=1, recipe="wan22-i2v")
+    create_i2v_demo_project(root, epochs=1)
     build_cache(load_project(root), device=CPU)
     return root
 
@@ -182,8 +182,9 @@ def test_the_dit_input_is_noisy_then_mask_then_y(project):
     entries = build_cache(project, device=CPU).entries
     samples = load_cached_tensors(entries)
     config = project.config
+    assert step_functions(config)[1] is i2v_model_inputs  # the recipe's step takes the hook
     generator = torch.Generator().manual_seed(0)
-    inputs = model_inputs(samples, [0], config, config.experts["high"], generator, CPU)
+    inputs = i2v_model_inputs(samples, [0], config, config.experts["high"], generator, CPU)
     latents, _context, conditioning = samples[0]
     assert inputs.noisy.shape == (1, 36, *latents.shape[1:])
     assert inputs.target.shape == (1, 16, *latents.shape[1:])  # the latent's velocity only

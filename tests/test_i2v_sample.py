@@ -12,10 +12,9 @@ from PIL import Image
 
 from cli_run import run_cli
 from video_files import write_h264
-from wanlora.demo import I2V_START_IMAGE, create_demo_project
+from wanlora.demo_i2v import I2V_START_IMAGE, create_i2v_demo_project
 from wanlora.errors import WanloraError
 from wanlora.export.musubi import musubi_export
-from wanlora.outputs import OutputLayout
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project
 from wanlora.recipes.project import tomllib
@@ -28,7 +27,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2v-sample") / "project"
-    create_demo_project(root, epochs=1, recipe="wan22-i2v")
+    create_i2v_demo_project(root, epochs=1)
     return root
 
 
@@ -57,11 +56,12 @@ def test_a_sample_is_a_video_from_the_image_with_experts_switched_at_900(demo):
     finally:
         handle.remove()
     (png,) = result.images
-    video = OutputLayout.sample_video(png)
+    (video,) = result.videos
+    assert video == png.with_suffix(".mp4")  # beside the PNG of its first frame
     frames = video_frames(video)
     assert len(frames) == 5 and frames[0].shape == (32, 48, 3)  # [sample] frames, size
-    with Image.open(png) as strip:
-        assert strip.size == (48 * 5, 32)  # the 5 frames side by side
+    with Image.open(png) as first:
+        assert first.size == (48, 32)
     info = read_png_info(png)
     assert info["frames"] == 5 and info["image"] == I2V_START_IMAGE and info["boundary"] == 0.9
     assert set(seen) == {36}  # noisy latent 16 + mask 4 + y 16
@@ -83,7 +83,7 @@ def test_the_first_frame_is_required_and_only_for_i2v(demo, tmp_path):
     with pytest.raises(WanloraError, match="does not exist"):
         start_image(load_project(bare), tmp_path / "missing.png", 48, 32)
     t2v = init_project(tmp_path / "t2v", "wan22-t2v", "N", "me")
-    with pytest.raises(WanloraError, match="text-to-video and takes no first frame"):
+    with pytest.raises(WanloraError, match="renders from text only"):
         start_image(t2v, demo / I2V_START_IMAGE, 48, 32)
     # an image of another size is resized and centre-cropped like a training frame
     Image.new("RGB", (100, 40), (200, 10, 10)).save(tmp_path / "wide.png")
@@ -114,8 +114,9 @@ def test_demo_i2v_runs_end_to_end_then_samples_from_the_cli(tmp_path):
         timeout=600,
     )
     assert r.returncode == 0, r.stderr
-    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith("sample: ")]
-    assert line.endswith(".mp4") and len(video_frames(Path(line[len("sample: ") :]))) == 5
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("sample: ")]
+    assert [Path(ln).suffix for ln in lines] == [".png", ".mp4"]  # the first frame, the video
+    assert len(video_frames(Path(lines[1][len("sample: ") :]))) == 5
 
 
 def test_init_and_export_musubi_for_i2v(tmp_path):

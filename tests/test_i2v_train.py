@@ -13,16 +13,17 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from wanlora.cache.build import build_cache
-from wanlora.demo import create_demo_project
+from wanlora.demo_i2v import I2V_START_IMAGE, create_i2v_demo_project
 from wanlora.lora.file import read_lora_file
 from wanlora.lora.inject import lora_target_modules
 from wanlora.lora.keys import saved_module_name
 from wanlora.models.assign import build_on_meta
-from wanlora.outputs import OutputLayout, lora_path
+from wanlora.outputs import lora_path
 from wanlora.recipes import load_project
 from wanlora.run.experts import run_expert
 from wanlora.run.training import run_training
 from wanlora.sampling.epoch_samples import TrainingMonitor
+from wanlora.sampling.files import read_png_info, video_of
 from wanlora.train.callbacks import StopTraining
 from wanlora.train.state import latest_state_dir, read_state_meta
 
@@ -34,7 +35,7 @@ LAYOUT = resources.files("wanlora.models").joinpath("layouts/dit_wan22_i2v_a14b_
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
     root = tmp_path_factory.mktemp("i2v-train") / "project"
-    project = create_demo_project(root, epochs=1, recipe="wan22-i2v")
+    project = create_i2v_demo_project(root, epochs=1)
     build_cache(project, device=CPU)
     return root
 
@@ -71,10 +72,12 @@ def test_the_expert_sees_36_channels_learns_and_samples_from_the_image(project_d
         handle.remove()
         monitor.close()
     assert result.steps == 8 and seen and set(seen) == {36}  # training and the epoch's sample
-    # the epoch-end sample: a video from [sample] image, its MP4 beside the PNG strip
+    # the epoch-end sample: a video from [sample] image, its MP4 beside its first frame's PNG
     (png,) = monitor.saved
     assert png.name == "train_high_e0001_p00_seed42.png"
-    assert OutputLayout.sample_video(png).stat().st_size > 0
+    info = read_png_info(png)
+    assert info["image"] == I2V_START_IMAGE and info["frames"] == 5
+    assert video_of(png, info).stat().st_size > 0
     tensors, meta = read_lora_file(result.lora_path)
     assert meta["modelspec.architecture"] == "wan2.2_i2v_a14b/lora"
     assert meta["wanlora.timestep_range"] == "900-1000"

@@ -182,3 +182,35 @@ def test_comfyui_maps_every_module_of_a_14b_lora_onto_the_real_file():
         out_features, in_features = layout[key_map[stem][len("diffusion_model.") :]]
         module = model.get_submodule(name)
         assert (module.out_features, module.in_features) == (out_features, in_features)
+
+
+def test_comfyui_maps_every_module_of_a_5b_lora_onto_the_real_file():
+    """The TI2V-5B LoRA's 300 modules (30 blocks) land on the real 5B layout's weights."""
+    import json
+    from importlib import resources
+
+    from wanlora.models.assign import build_on_meta
+
+    layout = json.loads(
+        resources.files("wanlora.models").joinpath("layouts/dit_wan22_ti2v_5b.json").read_text()
+    )["tensors"]
+    key_map = comfyui_key_map("diffusion_model." + k for k in layout)
+    model = build_on_meta(
+        lambda: WanTransformer3DModel(
+            num_attention_heads=24,
+            attention_head_dim=128,
+            in_channels=48,
+            out_channels=48,
+            ffn_dim=14336,
+            num_layers=30,
+            text_dim=4096,
+        )
+    )
+    targets = lora_target_modules(model)
+    assert len(targets) == 300
+    for name in targets:
+        stem = saved_module_name(name)
+        assert stem in key_map, stem
+        out_features, in_features = layout[key_map[stem][len("diffusion_model.") :]]
+        module = model.get_submodule(name)
+        assert (module.out_features, module.in_features) == (out_features, in_features)

@@ -1,107 +1,160 @@
-"""SIGINT / SIGTERM during `wanlora train` (run/signals.py): the state of the step is saved,
-one message says what was saved and how to resume (exit 130 / 143), and the resumed run
-gives the LoRA an uninterrupted run gives, bit for bit, on the CPU."""
+"""SIGINT / SIGTERM during `wanlora train` in one process (run/signals.py), at exact points
+reached through the fault rules (faults.py): the state of the step is saved (or nothing,
+before the first step), Interrupted says what, and the resumed run gives the LoRAs an
+uninterrupted run gives, bit for bit, on the CPU. The signals are real: the fault action
+sends this process the signal and the installed handlers act on it.
+
+Worker processes and the CLI: tests/test_signals_workers.py.
+"""
 
 from __future__ import annotations
 
-import shutil
 import signal
-import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
-import tomli_w
 
-from cli_run import run_cli
-from wanlora import faults
-from wanlora.demo import create_demo_project
-from wanlora.lora.file import read_lora_file
+from signal_runs import (
+    CPU,
+    STEPS,
+    FaultRule,
+    assert_same_loras,
+    fresh_copy,
+    loras,
+    one_torch_thread,
+)
 from wanlora.outputs import lora_path
 from wanlora.recipes import load_project
 from wanlora.run.signals import Interrupted
 from wanlora.run.training import run_training
+from wanlora.sampling.epoch_samples import TrainingMonitor
 from wanlora.train.state import latest_state_dir, read_state_meta
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-IMAGES = 6  # 6 steps per expert per epoch, 2 epochs: high is steps 1-12, low 13-24
+BOTH = ("high", "low")
 
 
-def small_demo(root: Path) -> Path:
-    create_demo_project(root, epochs=2)
-    for image in sorted((root / "dataset").glob("*.png"))[IMAGES:]:
-        image.unlink()
-        image.with_suffix(".txt").unlink(missing_ok=True)
-    toml = root / "wanlora.toml"
-    data = tomllib.loads(toml.read_text(encoding="utf-8"))
-    data["training"].update(max_train_epochs=2, save_state_every_n_steps=1000)
-    data.pop("sample", None)
-    toml.write_text(tomli_w.dumps(data), encoding="utf-8")
-    return root
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with one_torch_thread():
+        yield
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
-    """A trained copy (the uninterrupted reference) and its cache, made once."""
-    root = small_demo(tmp_path_factory.mktemp("signals") / "reference")
-    run_training(load_project(root), device=None)
-    return root
+@pytest.fixture
+def template(signal_reference):
+    """The uninterrupted reference (conftest.py, shared with test_signals_workers.py)."""
+    return signal_reference
 
 
-def fresh_copy(template: Path, dest: Path) -> Path:
-    """The template's project with its cache but without outputs: a run from the start."""
-    shutil.copytree(template, dest, ignore=shutil.ignore_patterns("output"))
-    return dest
+@dataclass(frozen=True)
+class Point:
+    rule: str
+    stopped: tuple[str, int] | None  # (expert, step) whose state the stop saved; None: none
+    experts: tuple[str, ...] = ("high",)  # which experts the runs train
+    sample: bool = False  # epoch-end samples (a TrainingMonitor) on
+    cache: bool = True  # start with the template's cache (False: caching is interrupted)
+    aborted: bool = False  # a second signal
+    kept: tuple[tuple[str, int, bool], ...] = ()  # (expert, step, finished) on disk after
 
 
-def loras(root: Path) -> dict[str, dict]:
-    project = load_project(root)
-    return {e: read_lora_file(lora_path(project, e))[0] for e in project.config.experts}
+POINTS = {
+    # caching and loading: nothing to save, stop at once
+    "caching": Point("cache_write:1:sigint", None, cache=False),
+    "caching-3rd-entry": Point("cache_write:3:sigterm", None, cache=False),
+    "load-high": Point("model_load:1:sigterm", None),
+    "load-low": Point("model_load[low]:1:sigint", None, BOTH, kept=(("high", 4, True),)),
+    # until the first step is reported, too: the run restarts from scratch
+    "step-1-micro-batch": Point("micro_batch:1:sigint", None),
+    "step-1": Point("step:1:sigterm", None),
+    # inside gradient accumulation: the step finishes, its state is saved
+    "mid-accumulation": Point("micro_batch:3:sigterm", ("high", 2)),
+    "mid-accumulation-last-step": Point("micro_batch[low]:7:sigint", ("low", 4), BOTH),
+    # at optimiser steps
+    "step-2": Point("step:2:sigterm", ("high", 2)),
+    "epoch-2-first-step": Point("step:3:sigint", ("high", 3)),
+    "high-last-step": Point("step[high]:4:sigint", ("high", 4)),
+    "low-first-step": Point("step[low]:1:sigterm", None, BOTH, kept=(("high", 4, True),)),
+    "low-step-2": Point("step[low]:2:sigint", ("low", 2), BOTH),
+    "very-last-step": Point("step:8:sigterm", ("low", 4), BOTH),
+    # epoch ends: before and during the samples
+    "epoch-end": Point("epoch_end:1:sigint", ("high", 2), sample=True),
+    "sampling": Point("sample:1:sigterm", ("high", 2), sample=True),
+    "last-sampling": Point("sample[low]:2:sigint", ("low", 4), BOTH, sample=True),
+    # a state save in progress finishes, then the run stops
+    "state-save-begins": Point("state_save:1:sigint", ("high", 3)),
+    "state-half-written": Point("state_write:1:sigterm", ("high", 3)),
+    "state-lora-file": Point("atomic_write[*/state/*]:1:sigint", ("high", 3)),
+    # a second signal aborts at once; the last saved state resumes
+    "abort-in-stop-save": Point("step:2:sigint,state_save:1:sigint", None, aborted=True),
+    "abort-mid-step": Point(
+        "micro_batch:7:sigint,micro_batch:8:sigterm", None, aborted=True, kept=(("high", 3, False),)
+    ),
+    "abort-low-save": Point(
+        "step[low]:2:sigterm,state_write[*/state/low/*]:1:sigint", None, BOTH, aborted=True,
+        kept=(("high", 4, True),),
+    ),  # fmt: skip
+}
 
 
-@pytest.mark.parametrize(
-    "rule, expert, step",
-    [
-        ("step:3:sigint", "high", 3),  # mid-epoch, first expert
-        ("step:9:sigterm", "high", 9),  # second epoch
-        ("step:14:sigint", "low", 2),  # the second expert, after the first finished
-    ],
-)
-def test_a_signal_saves_the_step_and_the_resume_is_bit_identical(
-    template, tmp_path, monkeypatch, rule, expert, step
-):
-    root = fresh_copy(template, tmp_path / "run")
-    monkeypatch.setenv(faults.ENV, rule)
-    faults.reset()
-    with pytest.raises(Interrupted) as stopped:
-        run_training(load_project(root))
+@pytest.mark.parametrize("name", list(POINTS))
+def test_a_signal_stops_cleanly_and_the_resume_is_bit_identical(template, tmp_path, name):
+    point = POINTS[name]
+    root = fresh_copy(template, tmp_path / "run", cache=point.cache)
+
+    def train():
+        project = load_project(root)
+        monitor = TrainingMonitor(project, CPU) if point.sample else None
+        try:
+            return run_training(project, experts=list(point.experts), device=CPU,
+                                on_epoch_end=monitor)  # fmt: skip
+        finally:
+            if monitor is not None:
+                monitor.close()
+
+    with FaultRule(point.rule), pytest.raises(Interrupted) as stopped:
+        train()
     exc = stopped.value
-    signum = signal.SIGINT if rule.endswith("sigint") else signal.SIGTERM
-    assert exc.signum == signum and exc.exit_code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
-    assert (exc.expert, exc.step) == (expert, step)
+    signum = signal.SIGINT if point.rule.split(",")[0].endswith("sigint") else signal.SIGTERM
+    assert exc.signum == signum
+    assert exc.exit_code == {signal.SIGINT: 130, signal.SIGTERM: 143}[signum]
+    assert exc.aborted == point.aborted
     project = load_project(root)
-    assert exc.state_dir == latest_state_dir(project.output_dir, expert)
-    assert read_state_meta(exc.state_dir).step == step
-    assert not lora_path(project, expert).exists()
+    if point.stopped is None:
+        assert exc.stopped == ()
+    else:
+        expert, step = point.stopped
+        assert (exc.expert, exc.step) == (expert, step)
+        assert exc.state_dir == latest_state_dir(project.output_dir, expert)
+        meta = read_state_meta(exc.state_dir)
+        assert (meta.step, meta.finished) == (step, False)
+        assert not lora_path(project, expert).exists()
+        assert f"{expert} stopped after step {step}, its state is saved in {exc.state_dir}" in exc.message()
+    want = set(point.kept) | ({(*point.stopped, False)} if point.stopped else set())
+    if point.stopped and point.stopped[0] == "low":
+        want.add(("high", STEPS, True))  # trained before low started
+    assert {(s.expert, s.step, s.finished) for s in exc.kept} == want
+    for expert in point.experts:  # no half-written state or temp file
+        root_dir = project.output_dir / "state" / expert
+        assert not root_dir.is_dir() or not list(root_dir.glob(".tmp-*"))
 
-    monkeypatch.delenv(faults.ENV)
-    faults.reset()
-    run_training(load_project(root))  # resumes
-    want, got = loras(template), loras(root)
-    for name in want:
-        assert want[name].keys() == got[name].keys()
-        assert all(want[name][k].equal(got[name][k]) for k in want[name]), name
+    (result, *rest) = train()  # the resume
+    assert all(r.steps == STEPS for r in [result, *rest])
+    assert_same_loras(loras(template, point.experts), loras(root, point.experts))
 
 
-def test_the_cli_says_what_was_saved_and_exits_143_on_sigterm(template, tmp_path):
-    root = fresh_copy(template, tmp_path / "cli")
-    r = run_cli("train", str(root), env={faults.ENV: "step:4:sigterm"})
-    assert r.returncode == 143, r.stderr
-    assert "interrupted (SIGTERM)" in r.stderr
-    assert "high stopped after step 4" in r.stderr
-    assert f"resume with: wanlora train {root}" in r.stderr
-    r = run_cli("train", str(root))
-    assert r.returncode == 0, r.stderr
+def test_the_message_names_what_was_saved(template, tmp_path):
+    root = fresh_copy(template, tmp_path / "run")
+    with FaultRule("model_load[low]:1:sigint"), pytest.raises(Interrupted) as stopped:
+        run_training(load_project(root), device=CPU)
+    high_state = latest_state_dir(load_project(root).output_dir, "high")
+    assert stopped.value.message() == (
+        "interrupted (SIGINT): stopped before the first step (caching or loading): nothing "
+        "to save; high already trained; the cache entries written so far are kept"
+    )
+    assert read_state_meta(high_state).finished
+    with FaultRule("micro_batch:7:sigint,micro_batch:8:sigterm"), pytest.raises(Interrupted) as ab:
+        run_training(load_project(root), device=CPU, restart=True, overwrite=True)
+    state = latest_state_dir(load_project(root).output_dir, "high")
+    assert ab.value.message() == (
+        "interrupted (SIGINT): stopped at once (second signal); the last saved state "
+        f"resumes: high at step 3 in {state}; the cache entries written so far are kept"
+    )

@@ -10,6 +10,8 @@ from __future__ import annotations
 class WanloraError(Exception):
     """A problem the user can fix: what went wrong, and what to do about it."""
 
+    exit_code = 1  # the CLI's exit status for it (2: a refusal the user must decide on)
+
     def __init__(self, what: str, fix: str | None = None):
         self.what = what
         self.fix = fix

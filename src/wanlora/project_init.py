@@ -52,4 +52,4 @@ def next_steps(root: Path, videos: bool = False) -> str:
   2. wanlora caption {root}      # write missing captions (optional)
   3. wanlora check {root}        # lint the dataset before paying for a GPU
   4. wanlora download {root}     # fetch the model files
-  5. wanlora train {root}        # cache, then train the high- and low-noise LoRAs"""
+  5. wanlora train {root}        # cache, then train the recipe's LoRAs"""

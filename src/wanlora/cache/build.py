@@ -156,6 +156,7 @@ def build_cache(
             DTYPES[vae_dtype],
             device,
             progress,
+            project.config.vae_kind,
             conditionings=missing_conditionings,
         )
         result.latents_computed = len(missing_latents)
@@ -192,7 +193,9 @@ def _pixels(entries: list[CacheEntry]) -> Iterator[tuple[CacheEntry, np.ndarray]
             yield by_clip[clip], frames
 
 
-def _encode_latents(entries, vae_path, dtype, device, progress, conditionings=()) -> None:
+def _encode_latents(
+    entries, vae_path, dtype, device, progress, kind="wan2.1", conditionings=()
+) -> None:
     """Latents of `entries`, and the I2V conditioning of `conditionings`, in one VAE load."""
     from ..models import encode_latents, encode_video_latents, load_vae
 
@@ -203,7 +206,7 @@ def _encode_latents(entries, vae_path, dtype, device, progress, conditionings=()
     needs_latent = {id(e) for e in entries}
     needs_conditioning = {id(e) for e in conditionings}
     todo = list(entries) + [e for e in conditionings if id(e) not in needs_latent]
-    vae = load_vae(vae_path, dtype=dtype, device=device)
+    vae = load_vae(vae_path, dtype=dtype, device=device, kind=kind)  # the task's VAE
     try:
         for i, (e, pixels) in enumerate(_pixels(todo)):
             if id(e) in needs_conditioning:

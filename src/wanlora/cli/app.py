@@ -93,8 +93,38 @@ def corrected_command(exc: NotAProjectFolder, args: list[str]) -> str:
     return shlex.join(["wanlora", *args])
 
 
+BOOL_WORDS = {"true", "false", "yes", "no", "on", "off", "1", "0"}
+
+
+def flag_given_a_value(args: list[str]) -> str | None:
+    """`--overwrite true`: a flag takes no value; say so instead of click's "unexpected extra
+    argument (true)". A word that names an existing folder is left alone (a project)."""
+    import typer.main
+
+    flags: dict[str, str | None] = {}  # flag -> its off spelling (--sequential), if any
+    stack = [typer.main.get_command(app)]
+    while stack:
+        command = stack.pop()
+        stack += list(getattr(command, "commands", {}).values())
+        for param in command.params:
+            if getattr(param, "is_flag", False):
+                off = (getattr(param, "secondary_opts", None) or [None])[0]
+                flags.update(dict.fromkeys(param.opts, off))
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in flags and value.lower() in BOOL_WORDS and not Path(value).is_dir():
+            on = value.lower() in {"true", "yes", "on", "1"}
+            off = flags[flag]
+            fix = f"write {flag} alone" if on else (f"write {off}" if off else "leave it out")
+            return f"{flag} is a flag and takes no value (got `{flag} {value}`) -- {fix}"
+    return None
+
+
 def main() -> None:
-    """Entry point: run the app; a WanloraError is one red line and exit code 1."""
+    """Entry point: run the app; a WanloraError is one red line and its exit code (1, or 2 for a refused plan)."""
+    problem = flag_given_a_value(sys.argv[1:])
+    if problem is not None:
+        err_console.print(styled("error:", "bold red"), problem, highlight=False)
+        sys.exit(2)
     try:
         app(prog_name="wanlora")
     except WanloraError as exc:
@@ -103,16 +133,12 @@ def main() -> None:
         if isinstance(exc, NotAProjectFolder):
             exc = WanloraError(exc.what, f"run `{corrected_command(exc, sys.argv[1:])}`")
         err_console.print(styled("error:", "bold red"), exc.one_line(), highlight=False)
-        sys.exit(1)
+        sys.exit(exc.exit_code)
     except Interrupted as exc:  # SIGINT / SIGTERM during `wanlora train` (run/signals.py)
-        again = shlex.join(["wanlora", *sys.argv[1:]])
-        if exc.state_dir is not None:
-            what = f"{exc.expert} stopped after step {exc.step}; its state is saved in {exc.state_dir}"
-        elif exc.aborted:
-            what = "stopped at once; the last saved state is kept"
-        else:
-            what = "stopped before training started (finished cache entries are kept)"
-        err_console.print(styled(f"interrupted ({exc}):", "yellow"), what, highlight=False)
+        # the same command resumes; a flag that starts a new run would start yet another
+        fresh = {"--new-run", "--overwrite", "--restart"}
+        again = shlex.join(["wanlora", *(a for a in sys.argv[1:] if a not in fresh)])
+        err_console.print(styled(exc.message(), "yellow"), highlight=False)
         err_console.print(f"resume with: {again}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from ..errors import WanloraError
-from ..outputs import OutputLayout
 from ..recipes import load_project
 from .app import app, console, styled
 
@@ -41,7 +40,15 @@ def sample(
         False, "--compare", help="Also render the same seeds without the LoRAs (a grid)."
     ),
     negative: str = typer.Option(None, "--negative", help="Negative prompt (default: Wan's)."),
-    guidance: float = typer.Option(None, "--guidance", help="Guidance scale."),
+    guidance: float = typer.Option(
+        None, "--guidance", help="Guidance scale of every expert (default: each expert's own)."
+    ),
+    frames: int = typer.Option(
+        None,
+        "--frames",
+        min=1,
+        help="Frames per sample: 1 = a PNG; more = an H.264 .mp4 (4n+1) and a PNG of frame 1.",
+    ),
     offload: bool = typer.Option(
         None,
         "--offload/--no-offload",
@@ -49,12 +56,14 @@ def sample(
     ),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
     image: Path = typer.Option(
-        None, "--image", help="Image-to-video: the first frame (default: [sample] image)."
+        None,
+        "--image",
+        help="Image-to-video (I2V-A14B, TI2V-5B): the first frame (default [sample] image).",
     ),
-    frames: int = typer.Option(None, "--frames", min=1, help="Frames per video (4n + 1)."),
 ) -> None:
-    """Images (or videos) from the trained LoRAs: the high-noise expert above the boundary,
-    low below. Image-to-video recipes render videos from a first frame (--image)."""
+    """Images or videos from the trained LoRAs: the high-noise expert above the boundary, low
+    below. I2V-A14B: videos from a first frame (--image). TI2V-5B: from its one LoRA,
+    text-to-video or from --image."""
     import torch
 
     from ..cache.build import default_device
@@ -74,6 +83,23 @@ def sample(
                 "use --strength for a one-expert recipe",
             )
         strengths[name] = value
+    if project.config.task == "ti2v-5B":  # one model: no experts, videos or images
+        _sample_ti2v(
+            project,
+            prompts,
+            seeds=seed or None,
+            steps=steps,
+            width=width,
+            height=height,
+            frames=frames,
+            image=image.resolve() if image is not None else None,  # relative to here
+            strengths=strengths,
+            compare=compare,
+            negative_prompt=negative,
+            guidance_scale=guidance,
+            device=torch.device(device) if device else default_device(),
+        )
+        return
     result = sample_project(
         project,
         prompts,
@@ -85,16 +111,25 @@ def sample(
         compare=compare,
         negative_prompt=negative,
         guidance_scale=guidance,
+        frames=frames,
         offload=offload,
         device=torch.device(device) if device else default_device(),
-        image=image.expanduser().resolve() if image is not None else None,
-        frames=frames,
+        image=image.resolve() if image is not None else None,  # I2V; refused for T2V
     )
     if result.offloaded:
         console.print("the experts did not both fit on the GPU: ran one at a time", style="yellow")
+    for path in result.images + result.base_images + result.videos:
+        console.print(f"sample: {path}")
+    if result.grid is not None:
+        console.print(styled("compare grid", "green"), result.grid)
+
+
+def _sample_ti2v(project, prompts, **options) -> None:
+    from ..sampling.ti2v_sample import sample_ti2v_project
+
+    result = sample_ti2v_project(project, prompts, **options)
     for path in result.images + result.base_images:
-        video = OutputLayout.sample_video(path)
-        console.print(f"sample: {video if video.exists() else path}")
+        console.print(f"sample: {path}")
     if result.grid is not None:
         console.print(styled("compare grid", "green"), result.grid)
 

@@ -62,6 +62,8 @@ def inspect_timesteps(
         n, config.timesteps, settings.min_timestep, settings.max_timestep, generator=generator
     )
     summary = {"expert": expert, "n": n, **summarize_timesteps(t)}
+    if config.task == "ti2v-5B":  # per-token timesteps: train/ti2v.py
+        summary["ti2v_i2v_share"] = config.training.ti2v_i2v_share
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -93,6 +95,13 @@ def inspect_timesteps(
     table.add_row("mean", f"{summary['mean']:.4f}", "")
     console.print(table)
     console.print("The DiT receives 1000*t + 1 (the reference's +1).", style="dim")
+    if config.task == "ti2v-5B":
+        console.print(
+            f"TI2V-5B: one model over all timesteps; {config.training.ti2v_i2v_share:.0%} of "
+            "video clips train image-to-video, the tokens of their first latent frame (the "
+            "clean image) at timestep 0.",
+            style="dim",
+        )
 
 
 def histogram_lines(

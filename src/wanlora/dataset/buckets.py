@@ -4,7 +4,8 @@ With bucketing on, the buckets for a resolution (W, H) have about the area W*H: 
 width w from half the square side up to the side (step 16), the height is area // w rounded
 down to a multiple of 16; (w, h) and (h, w) are both buckets. An image takes the bucket whose
 aspect ratio is nearest its own (the first in sorted order on ties). With bucketing off there
-is one bucket, the resolution itself.
+is one bucket, the resolution itself. The step is 16 for the Wan 2.1 VAE's models and 32 for
+TI2V-5B (the Wan 2.2 VAE's 16x stride times the DiT's 2x2 patch): `reso_step`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def make_buckets(resolution: tuple[int, int], reso_step: int = RESO_STEP) -> lis
     """All (W, H) buckets for `resolution`, deduplicated and sorted."""
     area = resolution[0] * resolution[1]
     side = int(math.sqrt(area))
-    min_side = round_down(side // 2, reso_step)
+    # at least one step: a small resolution at step 32 would otherwise start at width 0
+    min_side = max(reso_step, round_down(side // 2, reso_step))
     buckets = set()
     for w in range(min_side, side + reso_step, reso_step):
         h = round_down(area // w, reso_step)
@@ -55,6 +57,7 @@ def select_bucket(
     resolution: tuple[int, int],
     enable_bucket: bool = True,
     bucket_no_upscale: bool = False,
+    reso_step: int = RESO_STEP,
 ) -> tuple[int, int]:
     """The (W, H) bucket the reference trainer gives an image of `width` x `height`.
 
@@ -66,8 +69,8 @@ def select_bucket(
         return resolution
     area = resolution[0] * resolution[1]
     if bucket_no_upscale and width * height <= area:
-        return round_down(width, RESO_STEP), round_down(height, RESO_STEP)
-    return nearest_bucket(width / height, _buckets_cached(resolution))
+        return round_down(width, reso_step), round_down(height, reso_step)
+    return nearest_bucket(width / height, _buckets_cached(resolution, reso_step))
 
 
 def nearest_bucket(aspect_ratio: float, buckets: list[tuple[int, int]]) -> tuple[int, int]:
@@ -80,10 +83,10 @@ def nearest_bucket(aspect_ratio: float, buckets: list[tuple[int, int]]) -> tuple
     return best
 
 
-_BUCKETS: dict[tuple[int, int], list[tuple[int, int]]] = {}
+_BUCKETS: dict[tuple[tuple[int, int], int], list[tuple[int, int]]] = {}
 
 
-def _buckets_cached(resolution: tuple[int, int]) -> list[tuple[int, int]]:
-    if resolution not in _BUCKETS:
-        _BUCKETS[resolution] = make_buckets(resolution)
-    return _BUCKETS[resolution]
+def _buckets_cached(resolution: tuple[int, int], reso_step: int) -> list[tuple[int, int]]:
+    if (resolution, reso_step) not in _BUCKETS:
+        _BUCKETS[resolution, reso_step] = make_buckets(resolution, reso_step)
+    return _BUCKETS[resolution, reso_step]

@@ -22,6 +22,7 @@ class DatasetEntry:
     enable_bucket: bool = True
     bucket_no_upscale: bool = False
     num_repeats: int = 1
+    reso_step: int = 16  # bucket sides' step: the task's (32 for TI2V-5B), not a musubi key
     cache_directory: Path | None = None  # kept for writing musubi files back; we cache elsewhere
     source: str = "wanlora.toml [dataset]"  # where these settings came from, for messages
 
@@ -37,5 +38,6 @@ def dataset_settings(project) -> dict:
         enable_bucket=settings.enable_bucket,
         bucket_no_upscale=settings.bucket_no_upscale,
         num_repeats=settings.num_repeats,
+        reso_step=project.config.size_step,
         source=f"{project.config_file} [dataset]",
     )

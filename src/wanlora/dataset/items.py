@@ -51,7 +51,8 @@ class DatasetItem:
 
 def bucket_for(size: tuple[int, int], entry: DatasetEntry) -> tuple[int, int]:
     return select_bucket(
-        size[0], size[1], entry.resolution, entry.enable_bucket, entry.bucket_no_upscale
+        size[0], size[1], entry.resolution, entry.enable_bucket, entry.bucket_no_upscale,
+        entry.reso_step,
     )
 
 
@@ -82,7 +83,7 @@ def load_entry_items(entry: DatasetEntry) -> list[DatasetItem]:
         caption = read_caption(scan.captions[image])
         size = image_size(image)
         bucket = bucket_for(size, entry)
-        if min(bucket) < 16:
+        if min(bucket) < entry.reso_step:
             raise WanloraError(
                 f"{image}: {size[0]}x{size[1]} is too small for a bucket with bucket_no_upscale",
                 "use a larger image or set bucket_no_upscale = false",
@@ -93,7 +94,7 @@ def load_entry_items(entry: DatasetEntry) -> list[DatasetItem]:
 
 def video_bucket(size: tuple[int, int], entry: VideoEntry) -> tuple[int, int]:
     """The bucket of a video whose first frame is `size` (always bucketed, see above)."""
-    return select_bucket(size[0], size[1], entry.resolution, True, False)
+    return select_bucket(size[0], size[1], entry.resolution, True, False, entry.reso_step)
 
 
 def load_video_entry_items(entry: VideoEntry, target_fps: float = WAN_FPS) -> list[DatasetItem]:

@@ -64,6 +64,7 @@ class VideoEntry:
     enable_bucket: bool = True
     bucket_no_upscale: bool = False
     num_repeats: int = 1
+    reso_step: int = 16  # bucket sides' step: the task's (32 for TI2V-5B), not a musubi key
     cache_directory: Path | None = None  # kept for writing musubi files back; we cache elsewhere
     frames: FrameSettings = field(default_factory=FrameSettings)
     source: str = "wanlora.toml [dataset]"  # where these settings came from, for messages
@@ -140,6 +141,7 @@ def video_entry_from_table(
         enable_bucket=shared.enable_bucket,
         bucket_no_upscale=shared.bucket_no_upscale,
         num_repeats=shared.num_repeats,
+        reso_step=shared.reso_step,
         cache_directory=resolve("cache_directory") if "cache_directory" in table else None,
         frames=_frame_keys(table, frames, f"{toml_path}: {where}"),
         source=f"{toml_path} {where}",

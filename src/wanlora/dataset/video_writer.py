@@ -1,8 +1,9 @@
 """Frames to a video file with PyAV: H.264 in MP4 at a constant frame rate.
 
-The demo writes its generated training videos with it, and sampling its image-to-video
-samples. Written atomically (fsutil.atomic_path): a half-written video is never left
-under the final name.
+The demos (demo_i2v.py, demo_ti2v.py) write their generated training videos with it.
+Written atomically (fsutil.atomic_path): a half-written video is never left under the
+final name. (Samples are encoded by sampling/video_file.py, which sits above this layer
+and adds the quality settings and the H.264-missing error a user's run needs.)
 """
 
 from __future__ import annotations

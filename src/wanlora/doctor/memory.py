@@ -56,7 +56,8 @@ def _dtype(config: RecipeConfig):
 def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str = "cuda"):
     """The plan `wanlora train` makes for this config (train/setup.speed_plan: storage,
     recompute, compile, blocks streamed from host memory)."""
-    tokens = tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size
+    resolution, step = config.dataset.resolution, config.size_step  # 32 for TI2V-5B
+    tokens = tokens_for_resolution(resolution, step=step) * config.dataset.batch_size
     return plan_with_swap(
         config.training,
         torch.device(device),

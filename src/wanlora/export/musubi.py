@@ -89,6 +89,12 @@ def musubi_export(project: Project) -> MusubiExport:
 
 def check_expressible(config: RecipeConfig) -> None:
     """Refuse settings that musubi-tuner's flags cannot reproduce."""
+    if config.task == "ti2v-5B":  # musubi-tuner v0.3.4 trains Wan 2.2 14B only
+        raise WanloraError(
+            f"recipe {config.recipe} cannot be exported: musubi-tuner has no 5B task (its Wan "
+            "2.2 tasks are t2v-A14B and i2v-A14B)",
+            "train the TI2V-5B LoRA with `wanlora train`",
+        )
     scheduler = config.scheduler
     if scheduler.lr_scheduler == "polynomial" and scheduler.lr_end != MUSUBI_POLYNOMIAL_LR_END:
         raise WanloraError(
@@ -101,6 +107,12 @@ def check_expressible(config: RecipeConfig) -> None:
             "[sample] every_n_epochs cannot be exported: musubi-tuner's in-training samples "
             "need a prompt file in its own format, which wanlora does not write",
             "remove sample.every_n_epochs to export, and render samples with `wanlora sample`",
+        )
+    if config.validation.enabled and config.validation.items:
+        raise WanloraError(
+            "[validation] items cannot be exported: musubi-tuner trains on every image of the "
+            "dataset folder, held-out ones included",
+            "remove validation.items to export, or move those images out of the dataset folder",
         )
 
 

@@ -26,6 +26,7 @@ ARCHITECTURES = {
     "t2v-A14B": "wan2.2_t2v_a14b",
     "t2v-14B": "wan2.1_t2v_14b",
     "i2v-A14B": "wan2.2_i2v_a14b",
+    "ti2v-5B": "wan2.2_ti2v_5b",
 }
 
 

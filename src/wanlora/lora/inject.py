@@ -8,6 +8,9 @@ and sampling (sampling/) both put LoRAs on a DiT through this module.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraLayer
@@ -100,3 +103,18 @@ def set_lora_multiplier(model: torch.nn.Module, multiplier: float) -> None:
     """Scale every LoRA's contribution (the reference's `multiplier`; 1.0 in training)."""
     for layer in lora_layers(model).values():
         layer.scaling[ADAPTER] = multiplier * layer.lora_alpha[ADAPTER] / layer.r[ADAPTER]
+
+
+@contextlib.contextmanager
+def lora_scaled(model: torch.nn.Module, multiplier: float) -> Iterator[None]:
+    """Every LoRA at `multiplier` inside the block, then each layer's own scaling back,
+    exactly as it was. At 0 the model computes the base model's output (base(x) + 0): the
+    cheap "LoRA off" of validation.py, with no second model and no change to any weight."""
+    layers = lora_layers(model).values()
+    saved = [layer.scaling[ADAPTER] for layer in layers]
+    set_lora_multiplier(model, multiplier)
+    try:
+        yield
+    finally:
+        for layer, scaling in zip(layers, saved, strict=True):
+            layer.scaling[ADAPTER] = scaling

@@ -146,16 +146,17 @@ def tiny_vae22_layout() -> dict[str, tuple[int, ...]]:
 
 
 def tiny_umt5_layout(
-    vocab_size: int, d_model: int = TINY_UMT5["d_model"]
+    vocab_size: int, d_model: int = TINY_UMT5["d_model"], **sizes: int
 ) -> dict[str, tuple[int, ...]]:
     """Original-layout key -> shape of the tiny umT5 encoder (`d_model`: its output width,
-    which must be the DiT's text_dim: 64 for the tiny DiT, 4096 for the 14B experts)."""
+    which must be the DiT's text_dim: 64 for the tiny DiT, 4096 for the 14B experts;
+    `sizes` override TINY_UMT5's d_ff, num_heads, num_layers: umT5-xxl at real size)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     from wanlora.models.assign import build_on_meta
     from wanlora.models.text_encoder import transformers_t5_key_to_wan
 
-    c = dict(TINY_UMT5, d_model=d_model)
+    c = dict(TINY_UMT5, d_model=d_model, **sizes)
     config = UMT5Config(
         vocab_size=vocab_size,
         d_model=c["d_model"],

@@ -13,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MixedPrecision = Literal["fp16", "bf16", "no"]
 
+# What each recipe task trains: the DiT task word models.load_dit checks ("t2v", "i2v",
+# "ti2v"), the VAE models.load_vae loads, and the pixel step sides must be multiples of
+# (VAE stride x the DiT's 2x2 patch: 16 for the Wan 2.1 VAE, 32 for the Wan 2.2 VAE).
+TASK_DIT = {"t2v-A14B": "t2v", "t2v-14B": "t2v", "i2v-A14B": "i2v", "ti2v-5B": "ti2v"}
+TASK_VAE = {"t2v-A14B": "wan2.1", "t2v-14B": "wan2.1", "i2v-A14B": "wan2.1", "ti2v-5B": "wan2.2"}
+TASK_SIZE_STEP = {"t2v-A14B": 16, "t2v-14B": 16, "i2v-A14B": 16, "ti2v-5B": 32}
+
 
 def unset(meaning: str) -> dict:
     """Field(json_schema_extra=...) for an optional field: what leaving it unset means."""
@@ -91,9 +98,7 @@ class LoraSettings(StrictModel):
     network_module: Literal["networks.lora_wan"] = "networks.lora_wan"
     network_dim: int = Field(16, ge=1, le=1024)
     network_alpha: float = Field(16.0, gt=0)
-    network_dropout: float | None = Field(
-        None, ge=0, lt=1, json_schema_extra=unset("no dropout")
-    )
+    network_dropout: float | None = Field(None, ge=0, lt=1, json_schema_extra=unset("no dropout"))
 
 
 class OptimizerSettings(StrictModel):
@@ -172,6 +177,27 @@ class TrainingSettings(StrictModel):
         "CPU's launch time, results equal up to rounding. auto: on a GPU when no block recomputes, "
         "gradient_accumulation_steps is 1, max_grad_norm is 0 and one process trains",
     )
+    text_fold: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="cross-attention attends to the caption's ~390 identical zero-padding rows "
+        "as a few keys weighted by their count (the same maths, float32 rounding; the padding's "
+        "K/V projections and attention computed once); off: all 512 rows, as the reference "
+        "computes them; auto: on for CUDA, off on CPU",
+    )
+    # --- TI2V-5B (ours: the official TI2V training is unpublished; WAN22_MODELS.md 5) ---
+    ti2v_i2v_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="TI2V-5B: the share of video clips trained image-to-video (latent frame 0 "
+        "clean, its tokens at timestep 0), drawn per clip and epoch from the seeded stream; "
+        "the rest train text-to-video. Images always train text-to-image",
+    )
+    ti2v_mask_first_frame: bool = Field(
+        True,
+        description="TI2V-5B: leave an image-to-video clip's first latent frame (the given "
+        "image) out of the loss: the model produces only the frames after it",
+    )
     max_vram_gb: float | None = Field(
         None,
         gt=0,
@@ -210,6 +236,15 @@ class ExpertSettings(StrictModel):
     max_timestep: int = Field(1000, ge=0, le=1000)
     output_name: str = Field(description="file stem; {name} and {author} are filled in")
     metadata_title: str = "{output_name}"
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        description="this expert's guidance scale in samples (its phase of the boundary)",
+        json_schema_extra=unset(
+            "[sample] guidance_scale if set, else the task's official scale "
+            "(T2V-A14B: high 4.0, low 3.0; I2V-A14B: 3.5 each)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ExpertSettings:
@@ -232,24 +267,62 @@ class SampleSettings(StrictModel):
     width: int = Field(960, ge=16, multiple_of=16)
     height: int = Field(960, ge=16, multiple_of=16)
     seed: int = 42
-    guidance_scale: float = Field(3.5, ge=0)
-    shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
-    # Image-to-video samples (i2v-A14B): the frames rendered from a given first frame.
     frames: int = Field(
-        1, ge=1, description="frames per sample (4n + 1); more than 1 renders a video"
+        1,
+        ge=1,
+        description="frames per sample: 1 = a PNG; more = an H.264 .mp4 (4n+1 frames) and a PNG",
     )
+    strengths: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [1.0],
+        min_length=1,
+        description="LoRA strengths of the samples during training (the report grid's columns)",
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0,
+        description="one guidance scale for every expert ([experts.NAME] guidance_scale wins)",
+        json_schema_extra=unset("each expert's own, else the task's official pair"),
+    )
+    shift: float = Field(12.0, gt=0, description="flow shift at inference (Wan 2.2 T2V A14B: 12)")
     image: str | None = Field(
         None,
-        description="image-to-video: the first frame samples start from, relative to the project",
-        json_schema_extra=unset("no image; `wanlora sample --image` gives one (needed for I2V)"),
+        description="image-to-video: the first frame samples start from (relative to the "
+        "project); TI2V-5B: its latent is the first frame; I2V-A14B: needed (or --image)",
+        json_schema_extra=unset("TI2V-5B: text-to-video; I2V-A14B: `wanlora sample --image`"),
     )
 
-    @field_validator("frames")
-    @classmethod
-    def _four_n_plus_one(cls, value: int) -> int:
-        if (value - 1) % 4:
-            raise ValueError(f"must be 4n + 1 (1, 5, ..., 33, ..., 81), got {value}")
-        return value
+
+class ValidationSettings(StrictModel):
+    """The validation loss and LoRA-effect check during training (ours; train/validation.py)."""
+
+    enabled: bool = Field(
+        True, description="a validation loss and the LoRA's effect per expert during training"
+    )
+    every_n_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epochs between validation points (the last epoch always gets one)",
+        json_schema_extra=unset("about 10 points a run: every max(1, max_train_epochs // 10)"),
+    )
+    items: list[str] = Field(
+        default_factory=list,
+        description="dataset items (file stems, or clip names) held out of training and "
+        "validated on while validation is enabled; empty: validate on every training item",
+    )
+    max_items: int = Field(
+        32,
+        ge=1,
+        description="at most this many items are validated on, spread evenly over the "
+        "dataset order (a point costs one forward an item)",
+    )
+    timesteps: int = Field(
+        4, ge=1, le=64, description="fixed timesteps spread over each expert's range"
+    )
+    seed: int | None = Field(
+        None,
+        description="seed of the validation noise (its own generator, never training's)",
+        json_schema_extra=unset("the training seed"),
+    )
 
 
 class RecipeConfig(StrictModel):
@@ -257,7 +330,7 @@ class RecipeConfig(StrictModel):
 
     recipe: str
     description: str = ""
-    task: Literal["t2v-A14B", "t2v-14B", "i2v-A14B"]
+    task: Literal["t2v-A14B", "t2v-14B", "i2v-A14B", "ti2v-5B"]
     boundary: float | None = Field(
         None,
         gt=0,
@@ -274,6 +347,7 @@ class RecipeConfig(StrictModel):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
     sample: SampleSettings = Field(default_factory=SampleSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
     experts: dict[str, ExpertSettings]
 
     @model_validator(mode="after")
@@ -282,10 +356,35 @@ class RecipeConfig(StrictModel):
             raise ValueError("a recipe needs at least one expert")
         return self
 
+    @model_validator(mode="after")
+    def _sizes_fit_the_vae(self) -> RecipeConfig:
+        step = TASK_SIZE_STEP[self.task]
+        sizes = {
+            "dataset.resolution": self.dataset.resolution,
+            "sample width x height": (self.sample.width, self.sample.height),
+        }
+        for where, size in sizes.items():
+            if any(side % step for side in size):
+                raise ValueError(
+                    f"{where} {size[0]}x{size[1]}: {self.task} needs sides that are multiples "
+                    f"of {step} (e.g. {size[0] // step * step or step}x{size[1] // step * step or step})"
+                )
+        return self
+
     @property
     def dit_task(self) -> str:
-        """The DiT the task trains, as models.load_dit names it: "t2v", "i2v" or "ti2v"."""
-        return self.task.split("-", 1)[0]
+        """The DiT task load_dit checks: "t2v", "i2v" or "ti2v"."""
+        return TASK_DIT[self.task]
+
+    @property
+    def vae_kind(self) -> str:
+        """The VAE load_vae loads: "wan2.1" or "wan2.2"."""
+        return TASK_VAE[self.task]
+
+    @property
+    def size_step(self) -> int:
+        """Image/bucket sides are multiples of this (VAE stride x the 2x2 patch)."""
+        return TASK_SIZE_STEP[self.task]
 
     def output_name(self, expert: str) -> str:
         template = self.experts[expert].output_name

@@ -7,8 +7,12 @@ page. Sources, all under the project (paths from `OutputLayout`):
 - the dataset's images and captions (`load_items`; for a dataset that does not load, the
   images and captions found in the dataset folder) -> `DatasetRow`
 - TensorBoard scalars per expert (output/logs/<expert>: loss, lr, perf/*) -> `Series`
-- the PNGs under output/samples/ and the settings saved in them -> `SampleSets`
-- timings, peak memory and the LoRA files per expert -> `ExpertPerformance`
+- the PNGs under output/samples/ and the settings saved in them -> `SampleSets`, and the
+  samples during training as one grid per prompt -> `SampleGrid` (grids.py)
+- the validation log per expert (output/logs/<expert>/validation.jsonl) -> `ValidationPoint`,
+  and the LoRA-effect verdict (output/verdict.json) -> `ExpertVerdict`; both optional
+- timings, peak memory and the LoRA files per expert -> `ExpertPerformance` (training time
+  without the time spent sampling and validating, which are reported on their own)
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from ..outputs import OutputLayout
 from ..recipes import Project, RecipeConfig, config_to_toml
 from ..recipes.project import read_overrides
 from ..sampling.sample import read_png_info
+from .grids import SampleFile, SampleGrid, sample_grids
+from .validation import ExpertVerdict, ValidationPoint, read_validation, read_verdict
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +188,6 @@ def dataset_rows(project: Project) -> list[DatasetRow]:
 
 
 @dataclass
-class SampleFile:
-    path: Path
-    info: dict
-
-
-@dataclass
 class TrainingSamples:
     """One expert's samples during training: a row per epoch, a column per prompt."""
 
@@ -242,38 +242,68 @@ def sample_sets(project: Project) -> SampleSets:
 class ExpertPerformance:
     expert: str
     last_step: int | None  # None: no loss logged yet
-    training_seconds: float | None  # estimated for all steps, without time spent sampling
-    seconds_per_step: float | None  # None with fewer than two logged steps
+    training_seconds: float | None  # seconds_per_step x steps: training only
+    seconds_per_step: float | None  # mean measured step time; None: no step time known
     last_loss: float | None
     peak_vram_gib: float | None  # recorded once per epoch, CUDA only
     peak_rss_gib: float | None
     sample_seconds: float | None
     lora_file: Path
     lora_bytes: int | None  # None: not trained
+    validation_seconds: float | None = None  # validation.jsonl's seconds, summed
+
+
+def measured_step_seconds(step_seconds: Series | None) -> float | None:
+    """The mean of the steps' own measured times (perf/step_seconds, one per optimiser step,
+    the last wins for a step logged twice): training only, so neither a pause between an
+    interrupt and its resume nor sampling at an epoch end is in it."""
+    if not step_seconds or not step_seconds.values:
+        return None
+    return sum(step_seconds.values) / len(step_seconds.values)
+
+
+def wall_clock_step_seconds(
+    loss: Series, sample_time: Series | None, validation_seconds: float = 0.0
+) -> float | None:
+    """For logs without perf/step_seconds: the time between the first and last logged step,
+    less the sampling and validation in between, per step (a pause before a resume is
+    counted in)."""
+    if len(loss.steps) < 2:
+        return None
+    elapsed = loss.wall_times[-1] - loss.wall_times[0]
+    if sample_time and sample_time.values:  # samples rendered between logged steps
+        between = [
+            v
+            for v, w in zip(sample_time.values, sample_time.wall_times, strict=True)
+            if loss.wall_times[0] < w < loss.wall_times[-1]
+        ]
+        elapsed = max(0.0, elapsed - sum(between))
+    elapsed = max(0.0, elapsed - validation_seconds)
+    return elapsed / (len(loss.steps) - 1)
 
 
 def expert_performance(
-    project: Project, logs: dict[str, dict[str, Series]]
+    project: Project,
+    logs: dict[str, dict[str, Series]],
+    validation: dict[str, list[ValidationPoint]] | None = None,
 ) -> list[ExpertPerformance]:
     layout = OutputLayout.of(project)
+    validation = validation or {}
     result = []
     for expert in project.config.experts:
         tags = logs.get(expert, {})
+        points = validation.get(expert, [])
         loss = tags.get("loss")
         sample_time = tags.get("perf/sample_seconds")
         last_step = seconds = per_step = last_loss = None
         if loss and loss.steps:
-            elapsed = loss.wall_times[-1] - loss.wall_times[0]
-            if sample_time and sample_time.values:  # samples rendered between logged steps
-                between = [
-                    v
-                    for v, w in zip(sample_time.values, sample_time.wall_times, strict=True)
-                    if loss.wall_times[0] < w < loss.wall_times[-1]
-                ]
-                elapsed = max(0.0, elapsed - sum(between))
-            if len(loss.steps) > 1:
-                per_step = elapsed / (len(loss.steps) - 1)
-            seconds = per_step * loss.steps[-1] if per_step is not None else elapsed
+            per_step = measured_step_seconds(tags.get("perf/step_seconds"))
+            if per_step is None:  # logs written before steps were timed
+                # validation runs after a step is logged and before the next one: not training
+                # time either (step 0, the base model, runs before the first step)
+                checked = [p.seconds for p in points if loss.steps[0] <= p.step < loss.steps[-1]]
+                per_step = wall_clock_step_seconds(loss, sample_time, sum(checked))
+            seconds = per_step * loss.steps[-1] if per_step is not None else None
             last_step, last_loss = loss.steps[-1], loss.values[-1]
 
         def peak(tag: str, tags=tags) -> float | None:
@@ -295,6 +325,7 @@ def expert_performance(
                 else None,
                 lora_file=lora,
                 lora_bytes=lora.stat().st_size if lora.exists() else None,
+                validation_seconds=sum(p.seconds for p in points) if points else None,
             )
         )
     return result
@@ -316,6 +347,9 @@ class ReportData:
     logs: dict[str, dict[str, Series]]  # expert -> tag -> series
     samples: SampleSets
     performance: list[ExpertPerformance]
+    grids: list[SampleGrid] = field(default_factory=list)  # one per prompt
+    validation: dict[str, list[ValidationPoint]] = field(default_factory=dict)
+    verdict: list[ExpertVerdict] = field(default_factory=list)
 
 
 def gather(project: Project) -> ReportData:
@@ -323,6 +357,9 @@ def gather(project: Project) -> ReportData:
     config = project.config
     layout = OutputLayout.of(project)
     logs = {e: read_scalars(layout.logs_dir(e)) for e in config.experts}
+    validation = {e: read_validation(layout.validation_log(e)) for e in config.experts}
+    validation = {e: points for e, points in validation.items() if points}
+    samples = sample_files(project)
     return ReportData(
         config=config,
         title=f"{config.project.name} by {config.project.author}",
@@ -334,5 +371,8 @@ def gather(project: Project) -> ReportData:
         dataset=dataset_rows(project),
         logs=logs,
         samples=sample_sets(project),
-        performance=expert_performance(project, logs),
+        performance=expert_performance(project, logs, validation),
+        grids=sample_grids(samples),
+        validation=validation,
+        verdict=read_verdict(layout.verdict),
     )

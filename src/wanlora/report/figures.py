@@ -3,7 +3,8 @@
 Photos (dataset thumbnails, large samples) are JPEG, the rest PNG; images wider than
 MAX_IMAGE_WIDTH are shrunk. Plots are matplotlib on an Agg canvas (no pyplot state, no
 display): loss per expert (raw and smoothed as tensorboard smooths), the learning rate,
-and the timesteps each expert trains on (the recipe's own sampler, seeded).
+the timesteps each expert trains on (the recipe's own sampler, seeded), and per expert the
+validation loss (from the base model at step 0) with the LoRA's effect on the prediction.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 from ..recipes import RecipeConfig
 from ..train.timesteps import sample_timesteps
 from .data import SMOOTHING, Series, smooth
+from .validation import ValidationPoint
 
 COLORS = {"high": "#d9480f", "low": "#1c7ed6", "main": "#2b8a3e"}
 THUMB = 128
@@ -148,4 +150,42 @@ def timestep_figure(config: RecipeConfig, samples: int = TIMESTEP_DRAWS) -> str:
     ax.set_xlabel("timestep (0 = clean, 1000 = noise)")
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
+    return _figure_uri(fig)
+
+
+def validation_figure(validation: dict[str, list[ValidationPoint]]) -> str | None:
+    """Per expert: validation loss (left axis, the base model at step 0 marked) and the
+    LoRA's effect on the prediction in % (right axis); None without a validation log."""
+    experts = [e for e, points in validation.items() if points]
+    if not experts:
+        return None
+    fig = _new_figure(5.2 * len(experts), 3.4)
+    axes = fig.subplots(1, len(experts), squeeze=False)[0]
+    for ax, expert in zip(axes, experts, strict=True):
+        points = validation[expert]
+        steps = [p.step for p in points]
+        color = COLORS.get(expert, "#495057")
+        ax.plot(steps, [p.loss for p in points], "o-", color=color, lw=2, ms=4, label="loss")
+        base = [p for p in points if p.step == 0]
+        if base:
+            ax.axhline(base[0].loss, color="#868e96", ls=":", lw=1, label="base model")
+        ax.set_title(f"{expert} expert: validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+        effect = ax.twinx()
+        effect.plot(
+            steps,
+            [100 * p.effect for p in points],
+            "s--",
+            color="#212529",
+            lw=1,
+            ms=3,
+            label="LoRA effect",
+        )
+        effect.set_ylabel("LoRA effect on the prediction (%)")
+        effect.set_ylim(bottom=0)
+        lines = ax.get_legend_handles_labels()
+        more = effect.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize=8)
     return _figure_uri(fig)

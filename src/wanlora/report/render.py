@@ -6,8 +6,11 @@ templates/report.html.j2 with autoescape on: every value from a user's files (ca
 prompts, file names, config) is escaped by the template, never by hand. The page is
 written atomically and readable by all (a page to share, not a secret).
 
-The page is one self-contained file: images as data URIs, CSS inline, no scripts, no
-external links, so it opens offline from disk and can be mailed around.
+The page is one self-contained file: images and videos as data URIs, CSS inline, no
+scripts, no external links, so it opens offline from disk and can be mailed around. The
+grid's videos play inline (muted, looping, autoplay, playsinline: what browsers allow
+without a script); media.MediaBudget keeps their size bounded and the page says what it
+embeds and what it left out.
 """
 
 from __future__ import annotations
@@ -21,8 +24,19 @@ import jinja2
 from ..fsutil import atomic_write_text
 from ..outputs import OutputLayout
 from ..recipes import Project
+from ..sampling.files import video_of
 from .data import DatasetRow, ExpertPerformance, ReportData, SampleFile, SampleSets, gather
-from .figures import loss_figure, lr_figure, sample_uri, thumbnail, timestep_figure
+from .figures import (
+    loss_figure,
+    lr_figure,
+    sample_uri,
+    thumbnail,
+    timestep_figure,
+    validation_figure,
+)
+from .grids import SampleGrid
+from .media import MIB, MediaBudget
+from .validation import ExpertVerdict
 
 TEMPLATE = "report.html.j2"
 
@@ -32,6 +46,7 @@ class Picture:
     uri: str
     alt: str
     caption: str
+    video: str | None = None  # a `wanlora sample --frames N` clip, played in place of the still
 
 
 @dataclass
@@ -45,18 +60,43 @@ class DatasetView:
 
 
 @dataclass
-class TrainingView:
-    expert: str
-    prompts: list[int]
-    rows: list[tuple[int, list[Picture | None]]]
-
-
-@dataclass
 class SamplesView:
     empty: bool
     compare: list[Picture]
     standalone: list[Picture]
-    training: list[TrainingView]
+
+
+@dataclass
+class Cell:
+    still: str  # data URI of the PNG (a clip's first frame: the video's poster)
+    video: str | None  # data URI of the .mp4; None for a still or a video left out
+    alt: str
+    caption: str
+
+
+@dataclass
+class GridView:
+    title: str
+    columns: list[str]
+    rows: list[tuple[str, list[Cell | None]]]
+    note: str  # what the cap left out, or ""
+
+
+@dataclass
+class VerdictView:
+    expert: str
+    level: str
+    effect: str
+    text: str
+    causes: list[str]
+
+
+@dataclass
+class CostView:
+    training: str
+    sampling: str
+    validation: str
+    media: str  # what the grid embeds, and what it left out
 
 
 def build_report(project: Project, out_path: Path | None = None) -> Path:
@@ -71,13 +111,20 @@ def build_report(project: Project, out_path: Path | None = None) -> Path:
 
 def render_page(data: ReportData) -> str:
     """The report's HTML for `data`."""
+    budget = MediaBudget()
+    grids = [_grid_view(grid, budget) for grid in data.grids]
+    samples = _samples_view(data.samples, budget)  # before the cost line counts the media
     return environment().get_template(TEMPLATE).render(
+        grids=grids,
+        verdict=[_verdict_view(v) for v in data.verdict],
+        validation_plot=validation_figure(data.validation),
+        cost=_cost_view(data.performance, budget),
         data=data,
         loss_plot=loss_figure(data.logs),
         lr_plot=lr_figure(data.logs),
         timestep_plot=timestep_figure(data.config),
         dataset=[_dataset_view(n, row) for n, row in enumerate(data.dataset, 1)],
-        samples=_samples_view(data.samples),
+        samples=samples,
         performance=[_performance_cells(p) for p in data.performance],
     )
 
@@ -115,7 +162,7 @@ def _strengths(info: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in (info.get("strengths") or {}).items())
 
 
-def _samples_view(sets: SampleSets) -> SamplesView:
+def _samples_view(sets: SampleSets, budget: MediaBudget | None = None) -> SamplesView:
     compare = [
         _picture(s, f"{s.path.name}: seeds {s.info.get('seeds')}, LoRA {_strengths(s.info)}")
         for s in sets.compare
@@ -124,22 +171,78 @@ def _samples_view(sets: SampleSets) -> SamplesView:
         _picture(s, f"{s.info['prompt']} — seed {s.info.get('seed')}, LoRA {_strengths(s.info)}")
         for s in sets.standalone
     ]
-    training = [
-        TrainingView(
-            table.expert,
-            table.prompts,
-            [
-                (epoch, [_picture(s, s.info.get("prompt", "")) if s else None for s in cells])
-                for epoch, cells in table.rows
-            ],
-        )
-        for table in sets.training
-    ]
+    for picture, sample in zip(standalone, sets.standalone, strict=True):
+        video = video_of(sample.path, sample.info)
+        if picture is not None and video is not None and budget is not None:
+            picture.video = budget.video(video)
     return SamplesView(
         empty=not sets.files,
         compare=[p for p in compare if p],
         standalone=[p for p in standalone if p],
-        training=training,
+    )
+
+
+def _grid_view(grid: SampleGrid, budget: MediaBudget) -> GridView:
+    columns = [f"LoRA at {s:g}" for s in grid.strengths]
+    rows = []
+    for row in grid.rows:
+        cells = []
+        for sample in row.cells:
+            cells.append(_cell(sample, budget) if sample is not None else None)
+        label = "base models (no LoRA)" if row.expert is None else row.label
+        rows.append((label, cells))
+    note = ""
+    if grid.epochs_left_out:
+        note = f"{grid.epochs_left_out} epochs left out (first, last and evenly between shown)."
+    return GridView(f"prompt {grid.prompt_index}: {grid.prompt}", columns, rows, note)
+
+
+def _cell(sample: SampleFile, budget: MediaBudget) -> Cell | None:
+    still = budget.still(sample.path)
+    if still is None:
+        return None
+    video_path = video_of(sample.path, sample.info)
+    video = budget.video(video_path) if video_path is not None else None
+    frames = sample.info.get("frames")
+    caption = f"{video_path.name} · {frames} frames" if video_path else sample.path.name
+    return Cell(still, video, sample.path.name, caption)
+
+
+def _verdict_view(v: ExpertVerdict) -> VerdictView:
+    level = v.level if v.level in ("none", "weak", "clear") else "unknown"
+    return VerdictView(v.expert, level, f"{100 * v.effect:.2f}%", v.text, v.causes)
+
+
+def _cost_view(performance: list[ExpertPerformance], budget: MediaBudget) -> CostView:
+    """Training, sampling and validation time apart (training's s/step is training alone)."""
+
+    def total(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) if known else None
+
+    training = total([p.training_seconds for p in performance])
+    parts = []
+    for seconds in (
+        total([p.sample_seconds for p in performance]),
+        total([p.validation_seconds for p in performance]),
+    ):
+        if seconds is None:
+            parts.append("—")
+        elif training:
+            parts.append(f"{_duration(seconds)} ({100 * seconds / training:.0f}% of training)")
+        else:
+            parts.append(_duration(seconds))
+    media = (
+        f"Samples embedded in this page: {budget.videos} videos and {budget.stills} grid stills, "
+        f"{budget.embedded / MIB:.1f} MiB (stills shrunk to fit, videos re-encoded smaller "
+        "where large)."
+    )
+    if budget.left_out:
+        media += " Shown as first frames only (their .mp4 is in output/samples/): " + ", ".join(
+            budget.left_out
+        )
+    return CostView(
+        _duration(training) if training is not None else "—", parts[0], parts[1], media
     )
 
 
@@ -159,6 +262,7 @@ def _performance_cells(p: ExpertPerformance) -> list[str]:
         gib(p.peak_vram_gib),
         gib(p.peak_rss_gib),
         f"{p.sample_seconds:.1f} s" if p.sample_seconds is not None else "—",
+        f"{p.validation_seconds:.1f} s" if p.validation_seconds is not None else "—",
         f"{p.lora_file.name} ({p.lora_bytes / 1024**2:.1f} MiB)"
         if p.lora_bytes is not None
         else "not trained",

@@ -3,11 +3,12 @@
 The loop (wanlora.train.loop) reports steps and epoch ends and knows nothing of who
 listens; here are the listeners a run attaches besides the CLI's progress bar:
 
-- LossLog: loss and lr per step into TensorBoard (output/logs/<expert>), by the process
-  that writes the run's files
+- LossLog: loss, lr and the step's measured time (perf/step_seconds) per step into
+  TensorBoard (output/logs/<expert>), by the process that writes the run's files
 - epoch_monitor: a TrainingMonitor (wanlora.sampling.epoch_samples) at epoch ends: memory
   numbers, the [sample] images
 - StepPrinter: one line per step at most every 10 s, for launches without a terminal UI
+- ValidationMonitor (validation.py): validation loss and LoRA effect at epoch ends
 """
 
 from __future__ import annotations
@@ -23,9 +24,20 @@ from ..sampling.epoch_samples import TrainingMonitor
 from ..train.callbacks import StepReport
 
 
+def summary_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter on `log_dir`, or None without tensorboard."""
+    try:  # optional dependency: imported only when a run logs
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 class LossLog:
-    """on_step: loss and lr at each step into a TensorBoard folder, made at the first step
-    (nothing without tensorboard, an optional dependency)."""
+    """on_step: loss, lr and the step's own wall time at each step into a TensorBoard folder,
+    made at the first step (nothing without tensorboard, an optional dependency). The step
+    time is what the loop measured around the step, so the report's s/step leaves out what
+    happens between steps: a pause before a resume, sampling at an epoch end."""
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -35,15 +47,11 @@ class LossLog:
     def __call__(self, report: StepReport) -> None:
         if not self._tried:
             self._tried = True
-            try:  # optional dependency: imported only when a run logs
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                pass
-            else:
-                self.writer = SummaryWriter(log_dir=str(self.log_dir))
+            self.writer = summary_writer(self.log_dir)
         if self.writer is not None:
             self.writer.add_scalar("loss", report.loss, report.step)
             self.writer.add_scalar("lr", report.lr, report.step)
+            self.writer.add_scalar("perf/step_seconds", report.seconds, report.step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -2,7 +2,7 @@
 
     run_expert:  where it starts (train.state.start_point: resume, fresh, or already done)
                  -> the data (items, cache, tensors in memory) -> the callbacks (loss log,
-                 the caller's) -> wanlora.train.loop.train_expert with the strategy
+                 validation, the caller's) -> wanlora.train.loop.train_expert with the strategy
     train_project: each expert in turn, the device's memory freed in between
 
 A worker process (workers.py) and a user's torchrun launch (launch.py) call run_expert too,
@@ -27,16 +27,23 @@ from ..train.loop import train_expert
 from ..train.state import start_point
 from ..train.strategy import ParallelStrategy, SingleProcess
 from .callbacks import LossLog
+from .validation import held_out_split, validation_monitor
 
 log = logging.getLogger(__name__)
 
 
 def prepare_data(project: Project, device: torch.device) -> TrainingData:
-    """The dataset's items, their cache (built or reused on `device`), tensors in memory."""
-    items = load_items(project)
-    entries = build_cache(project, items=items, device=device).entries
+    """The dataset's items, their cache (built or reused on `device`), tensors in memory;
+    the items `[validation] items` names are held out of training (validation.py)."""
+    all_items = load_items(project)
+    all_entries = build_cache(project, items=all_items, device=device).entries
+    train, held = held_out_split(project, all_items)
+    items, entries = [all_items[i] for i in train], [all_entries[i] for i in train]
     data_id = dataset_hash(items, [e.latent_path for e in entries], [e.text_path for e in entries])
-    return TrainingData(items, load_cached_tensors(entries), data_id)
+    held_samples = load_cached_tensors([all_entries[i] for i in held])
+    return TrainingData(
+        items, load_cached_tensors(entries), data_id, [all_items[i] for i in held], held_samples
+    )
 
 
 def run_expert(
@@ -61,8 +68,10 @@ def run_expert(
         log.info("%s: already trained -> %s", expert, lora)
         return ExpertResult(expert, lora, start.done_steps, None, skipped=True)
     data = prepare_data(project, device)
-    # the process that writes the run's files logs its loss curve
+    # the process that writes the run's files logs its loss curve and validates
     loss_log = LossLog(layout.logs_dir(expert)) if strategy.writes_files else None
+    fresh = start.state_dir is None
+    check = validation_monitor(project, expert, data, device, fresh=fresh) if loss_log else None
     try:
         return train_expert(
             project,
@@ -71,12 +80,14 @@ def run_expert(
             device=device,
             resume_from=start.state_dir,
             strategy=strategy,
-            on_step=chain(loss_log, on_step),
-            on_epoch_end=on_epoch_end,
+            on_step=chain(loss_log, check.on_step if check else None, on_step),
+            on_epoch_end=chain(check, on_epoch_end),
         )
     finally:
         if loss_log is not None:
             loss_log.close()
+        if check is not None:
+            check.close()
 
 
 def train_project(

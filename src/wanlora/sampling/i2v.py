@@ -8,8 +8,7 @@ pipeline     diffusers' WanImageToVideoPipeline: it builds the conditioning as t
              F-1 frames of pixel value 0]) and switches the experts at boundary_ratio
              (the high-noise expert for t >= 900 with Wan 2.2 I2V's 0.900). The Wan 2.2
              experts have no image encoder, so no CLIP is loaded or passed.
-outputs      a video's frames as an MP4 (dataset.video_writer) beside a PNG strip of
-             its frames, which the compare grid, tensorboard and the report show
+outputs      as every clip sample's: an MP4 beside the PNG of its first frame (files.py)
 """
 
 from __future__ import annotations
@@ -20,12 +19,8 @@ import numpy as np
 from PIL import Image
 
 from ..dataset.images import resize_to_bucket
-from ..dataset.video_writer import write_mp4
 from ..errors import WanloraError
-from ..outputs import OutputLayout
 from ..recipes import Project
-
-STRIP_FRAMES = 5  # frames a PNG strip shows, evenly spaced (first and last included)
 
 
 def first_frame_image(path: Path, width: int, height: int) -> Image.Image:
@@ -64,13 +59,6 @@ def i2v_pipeline(**parts):
     )
 
 
-def frame_strip(frames: np.ndarray) -> Image.Image:
-    """uint8 (F, H, W, 3) frames -> one PNG-able image: up to STRIP_FRAMES of them in a row."""
-    count = len(frames)
-    picks = sorted({round(k * (count - 1) / (STRIP_FRAMES - 1)) for k in range(STRIP_FRAMES)})
-    return Image.fromarray(np.concatenate([frames[i] for i in picks], axis=1), "RGB")
-
-
 def start_image(
     project: Project, image: Path | None, width: int, height: int
 ) -> Image.Image | None:
@@ -80,8 +68,8 @@ def start_image(
     if config.dit_task != "i2v":
         if image is not None:
             raise WanloraError(
-                f"--image: recipe {config.recipe} is text-to-video and takes no first frame",
-                "drop --image, or use an image-to-video recipe such as wan22-i2v",
+                f"--image: recipe {config.recipe} renders from text only",
+                "drop --image (it is for image-to-video recipes such as wan22-i2v)",
             )
         return None
     if image is None and config.sample.image is None:
@@ -97,8 +85,3 @@ def start_image(
         )
     return first_frame_image(path, width, height)
 
-
-def write_sample_video(png: Path, video: np.ndarray | None, fps: float) -> None:
-    """A video sample's MP4, under its PNG strip's name (nothing for a still image)."""
-    if video is not None:
-        write_mp4(OutputLayout.sample_video(png), video, fps=fps)

@@ -6,6 +6,13 @@ scheduler timestep t >= boundary * 1000, `transformer_2` (the low-noise model) b
 boundary. The scheduler is UniPC on flow-matching sigmas with the recipe's inference shift
 (sample.shift, 12 for T2V A14B), as Wan's own sampler.
 
+Each expert guides its own phase with its own scale (`RenderSpec.guidance`, by expert):
+WanPipeline's `guidance_scale` for `transformer`, `guidance_scale_2` for `transformer_2`.
+
+Noise: every sample's initial latent noise comes from its own CPU generator seeded with its
+seed, whatever the batch and the device, so the same seed and size give the same noise in
+every epoch and every run: samples differ only by what the models (and LoRAs) do with it.
+
 Prompt embeddings are ours (wanlora.models.TextEncoder, the same encoding the training cache
 holds), zero-padded to 512 rows and passed as prompt_embeds / negative_prompt_embeds, so the
 pipeline's own tokenizer and text encoder are never used.
@@ -34,7 +41,7 @@ from torch import nn
 
 from ..models.precision import autocast
 from ..models.text_encoder import TEXT_LEN, pad_context
-from .i2v import frame_strip, i2v_pipeline
+from .i2v import i2v_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,20 @@ def module_device(module: nn.Module) -> torch.device:
     return next(itertools.chain(module.parameters(), module.buffers())).device
 
 
+def streams_its_blocks(module: nn.Module) -> bool:
+    """A model whose blocks stream from host memory during its forward (training's block
+    swap on a small card sets `wanlora_block_swap`; sampling cannot import train). It already
+    runs where it is: `.to(device)` would copy every streamed weight onto the GPU and undo
+    the swap, `.to("cpu")` would move its ring and resident blocks off. Never moved."""
+    return getattr(module, "wanlora_block_swap", None) is not None
+
+
+def move_unless_streamed(module: nn.Module, device: torch.device | str) -> None:
+    """`module.to(device)`, except for a model that streams its blocks (stays in place)."""
+    if not streams_its_blocks(module):
+        module.to(device)
+
+
 def needs_offload(
     sizes: Sequence[int],
     device: torch.device,
@@ -93,6 +114,8 @@ def needs_offload(
 class ExpertResidency:
     """Which expert sits on the compute device; the others wait on `offload_device`.
 
+    A model that streams its blocks from host memory (training's block swap) is never moved:
+    it runs where it is, its resident part staying on the GPU through every switch.
     Without offload every expert is moved to `device` once. With offload a forward pre-hook
     on each expert moves it to `device` on its first call after the switch and moves the
     previously active one to `offload_device` first (so the two are never both on the GPU).
@@ -116,9 +139,11 @@ class ExpertResidency:
         self._handles = []
         if not offload:
             for module in experts.values():
-                module.to(self.device)
+                move_unless_streamed(module, self.device)
             return
         for name, module in experts.items():
+            if streams_its_blocks(module):
+                continue  # in place on both sides of every switch
             if module_device(module) == self.device and self.active is None:
                 self.active = name  # already in place (e.g. the model being trained)
             elif module_device(module) != self.offload_device:
@@ -133,6 +158,8 @@ class ExpertResidency:
         return pre_forward
 
     def _move(self, name: str, device: torch.device, event: str) -> None:
+        if streams_its_blocks(self.experts[name]):
+            return  # runs in place: its blocks come to the GPU one by one as it runs
         self.experts[name].to(device)
         self.events.append((event, name))
 
@@ -156,7 +183,7 @@ class ExpertResidency:
 
 @dataclass
 class RenderSpec:
-    """What to render: one image per (context, seed) pair."""
+    """What to render: one clip (`frames` frames, 4n+1; 1 = a still) per (context, seed)."""
 
     contexts: list[torch.Tensor]  # (L_i, D) each, unpadded
     seeds: list[int]
@@ -164,17 +191,16 @@ class RenderSpec:
     steps: int
     width: int
     height: int
-    guidance_scale: float
+    guidance: dict[str, float]  # expert -> classifier-free guidance scale in its phase
     shift: float
     boundary: float | None = None
     batch_size: int = 4
-    frames: int = 1  # more than 1: videos (each returned as a strip of its frames)
+    frames: int = 1
     image: Image.Image | None = None  # image-to-video: the first frame, at width x height
     # filled in by render(): (expert, timestep) per transformer call, and the residency's
     # ("load" | "offload", expert) moves
     timesteps_seen: list[tuple[str, float]] = field(default_factory=list)
     residency_events: list[tuple[str, str]] = field(default_factory=list)
-    videos: list[np.ndarray] = field(default_factory=list)  # uint8 (F, H, W, 3), frames > 1
 
 
 @torch.no_grad()
@@ -186,10 +212,9 @@ def render(
     device: torch.device,
     dtype: torch.dtype,
     offload: bool = False,
-) -> list[Image.Image]:
-    """Images (one-frame videos) for every (context, seed) in `spec`; with spec.frames > 1
-    a strip of each video's frames, the frames themselves in spec.videos. With spec.image
-    the experts are image-to-video ones (I2V-A14B) and every video starts from it.
+) -> list[list[Image.Image]]:
+    """The frames of a clip for every (context, seed) in `spec` (one frame: a still). With
+    spec.image the experts are image-to-video ones (I2V-A14B) and every clip starts from it.
 
     experts: name -> transformer, the high-noise expert first (the one for t >= boundary);
     one expert (Wan 2.1) means no boundary. The experts keep their own LoRAs and multipliers.
@@ -202,6 +227,12 @@ def render(
         raise ValueError(f"expected one or two experts, got {names}")
     if len(names) == 2 and spec.boundary is None:
         raise ValueError("two experts need a boundary")
+    if set(spec.guidance) != set(names):
+        raise ValueError(f"guidance scales for {sorted(spec.guidance)}, experts {names}")
+    scale = spec.guidance[names[0]]
+    scale_2 = spec.guidance[names[1]] if len(names) == 2 else None
+    if scale <= 1.0 and scale_2 is not None and scale_2 > 1.0:
+        raise ValueError("WanPipeline guides the second phase only if it guides the first")
     for module in experts.values():
         module.eval()
     residency = ExpertResidency(experts, device, offload=offload)
@@ -224,14 +255,14 @@ def render(
     else:
         pipe = WanPipeline(tokenizer=None, text_encoder=None, **parts)
     pipe.set_progress_bar_config(disable=True)
-    images: list[Image.Image] = []
+    clips: list[list[Image.Image]] = []
     try:
         for start in range(0, len(spec.seeds), spec.batch_size):
             contexts = spec.contexts[start : start + spec.batch_size]
             seeds = spec.seeds[start : start + spec.batch_size]
             embeds = torch.stack([pad_context(c.float(), TEXT_LEN) for c in contexts]).to(device)
             negative = None
-            if spec.negative is not None and spec.guidance_scale > 1.0:
+            if spec.negative is not None and scale > 1.0:
                 negative = pad_context(spec.negative.float(), TEXT_LEN).to(device)
                 negative = negative.unsqueeze(0).expand(len(contexts), -1, -1).contiguous()
             image = {} if spec.image is None else {"image": spec.image}
@@ -244,24 +275,21 @@ def render(
                     width=spec.width,
                     num_frames=spec.frames,
                     num_inference_steps=spec.steps,
-                    guidance_scale=spec.guidance_scale,
+                    guidance_scale=scale,
+                    guidance_scale_2=scale_2,
                     generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                     output_type="latent",
                 ).frames
             frames = decode_latents(pipe, vae, latents)  # the VAE in its own dtype
             for video in frames:  # (B, F, H, W, C) in [0, 1]
                 pixels = np.clip(np.rint(video * 255.0), 0, 255).astype(np.uint8)
-                if spec.frames == 1:
-                    images.append(Image.fromarray(pixels[0], "RGB"))
-                else:
-                    spec.videos.append(pixels)
-                    images.append(frame_strip(pixels))
+                clips.append([Image.fromarray(frame, "RGB") for frame in pixels])
     finally:
         for hook in hooks:
             hook.remove()
         residency.close()
         spec.residency_events.extend(residency.events)
-    return images
+    return clips
 
 
 def decode_latents(pipe, vae: nn.Module, latents: torch.Tensor) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`wanlora sample`: images from the project's experts with their trained LoRAs.
+"""`wanlora sample`: images and clips from the project's experts with their trained LoRAs.
 
     prompts -> our umT5 embeddings -> (high expert + high LoRA | low expert + low LoRA) -> VAE
 
@@ -6,28 +6,25 @@ Outputs go to output/samples/ as PNGs named by prompt index, seed and LoRA stren
 (`p00_seed42_high1_low1.png`; outputs.OutputLayout names them), never overwriting: a name in
 use gets `_v2`, `_v3`, ... With `compare`, the same seeds are rendered without the LoRAs
 (strength 0) and a grid puts both side by side (`compare_seed42_high1_low1.png`). Each PNG carries its settings as JSON
-in a `wanlora` text chunk (the report reads it).
+in a `wanlora` text chunk (the report reads it). With `frames` > 1 (`--frames`, `[sample]
+frames`) each sample is also an H.264 .mp4 beside the PNG of its first frame (files.py);
+the --compare grid is then of first frames. Each expert guides with its own scale
+(settings.guidance_scales). Image-to-video recipes (I2V-A14B) start every clip from a first
+frame (`image`, default [sample] image; i2v.py).
 """
 
 from __future__ import annotations
 
-import io
-import itertools
-import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
 
 from ..cache.build import default_device
-from ..dataset.clips import target_fps_for_task
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
-from ..fsutil import create_temp_file
 from ..lora.file import lora_file_settings, read_lora_file
 from ..lora.inject import add_lora, load_lora_state_dict, set_lora_multiplier
 from ..models.dit import infer_dit_info, load_dit
@@ -39,13 +36,12 @@ from ..models.vae import load_vae
 from ..outputs import OutputLayout
 from ..recipes import Project
 from ..recipes.schema import RecipeConfig
-from .i2v import start_image, write_sample_video
+from .files import PNG_KEY, read_png_info, save_png, save_sample  # noqa: F401 (re-exported)
+from .i2v import start_image
 from .pipeline import DEFAULT_NEGATIVE_PROMPT, RenderSpec, needs_offload, render
+from .settings import clip_frames, guidance_scales, video_fps
 
 log = logging.getLogger(__name__)
-
-PNG_KEY = "wanlora"  # the PNG text chunk holding an image's settings as JSON
-
 
 # --- the project's models ---------------------------------------------------------------
 
@@ -101,7 +97,8 @@ def encode_prompts(
 def load_vae_for(project: Project, device: torch.device):
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dtype = torch.float32 if device.type == "cpu" else dtypes[project.config.models.vae_dtype]
-    return load_vae(_path(project, project.config.models.vae, "VAE"), dtype=dtype, device=device)
+    path = _path(project, project.config.models.vae, "VAE")
+    return load_vae(path, dtype=dtype, device=device, kind=project.config.vae_kind)
 
 
 def inference_dtype(project: Project, path: Path, device: torch.device) -> torch.dtype:
@@ -147,13 +144,6 @@ def attach_lora(model: torch.nn.Module, path: Path, strength: float = 1.0) -> No
 # --- output files ---------------------------------------------------------------------------
 
 
-def save_sample(image: Image.Image, video, directory: Path, stem: str, info: dict, fps) -> Path:
-    """The PNG (a video's frame strip) and, for a video, its MP4 under the PNG's name."""
-    png = save_png(image, directory, stem, info)
-    write_sample_video(png, video, fps)
-    return png
-
-
 def format_strength(value: float) -> str:
     return f"{value:g}"
 
@@ -161,38 +151,6 @@ def format_strength(value: float) -> str:
 def strength_tag(strengths: dict[str, float]) -> str:
     """`high1_low0.5`: the LoRA strengths, as they appear in file names."""
     return "_".join(f"{name}{format_strength(s)}" for name, s in strengths.items())
-
-
-def save_png(image: Image.Image, directory: Path, stem: str, info: dict) -> Path:
-    """Save as `stem.png`, or `stem_v2.png`, ... if taken; never replaces a file."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pnginfo = PngInfo()
-    pnginfo.add_text(PNG_KEY, json.dumps(info, ensure_ascii=False))
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", pnginfo=pnginfo)
-    fd, tmp = create_temp_file(directory, prefix=".tmp-", suffix=".png")  # the user's umask
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        for n in itertools.count(1):
-            path = directory / (f"{stem}.png" if n == 1 else f"{stem}_v{n}.png")
-            try:
-                os.link(tmp, path)  # atomic, and fails if the name is taken
-                return path
-            except FileExistsError:
-                continue
-    finally:
-        os.unlink(tmp)
-    raise AssertionError("unreachable")
-
-
-def read_png_info(path: Path) -> dict:
-    """The settings saved with one of our PNGs ({} for other images)."""
-    try:
-        with Image.open(path) as image:
-            return json.loads(image.text.get(PNG_KEY, "{}"))  # type: ignore[attr-defined]
-    except Exception:
-        return {}
 
 
 def _font(size: int):
@@ -240,6 +198,7 @@ def grid_image(
 class SampleResult:
     images: list[Path]  # with the LoRAs, one per (prompt, seed)
     base_images: list[Path] = field(default_factory=list)  # without (compare)
+    videos: list[Path] = field(default_factory=list)  # the .mp4 files, with frames > 1
     grid: Path | None = None
     offloaded: bool = False
     # (expert, timestep) of every transformer call and the residency moves, for checks
@@ -259,20 +218,22 @@ def sample_project(
     compare: bool = False,
     negative_prompt: str | None = None,
     guidance_scale: float | None = None,
+    frames: int | None = None,
     device: torch.device | None = None,
     dtype: torch.dtype | None = None,
     offload: bool | None = None,
     batch_size: int = 4,
     out_dir: Path | None = None,
     image: Path | None = None,
-    frames: int | None = None,
 ) -> SampleResult:
     """Render every prompt at every seed with the trained LoRAs (and without, if `compare`).
 
     strengths: expert -> LoRA multiplier (default 1 each; 0 leaves that expert's LoRA off,
     and its file need not exist). offload: None decides from free VRAM whether the two
-    experts can both stay on the GPU; True forces the one-at-a-time path. image: the first
-    frame of image-to-video samples (default [sample] image); frames: per sample (4n + 1).
+    experts can both stay on the GPU; True forces the one-at-a-time path. guidance_scale:
+    one scale for every expert (default: each expert's, settings.guidance_scales). frames:
+    default [sample] frames; rounded to 4n+1 (logged). image: the first frame of
+    image-to-video samples (default [sample] image; refused for text-to-video recipes).
     """
     config = project.config
     s = config.sample
@@ -281,6 +242,10 @@ def sample_project(
             "no prompts", 'pass -p "a prompt" or set [sample] prompts in wanlora.toml'
         )
     names = ordered_experts(config)
+    guidance = guidance_scales(config, names, guidance_scale)
+    frames, note = clip_frames(s.frames if frames is None else frames)
+    if note:
+        log.warning(note)
     device = device or default_device()
     seeds = list(seeds) if seeds else [s.seed]
     width, height = width or s.width, height or s.height
@@ -290,10 +255,7 @@ def sample_project(
                 f"image size {width}x{height}: each side must be a multiple of 16",
                 "pass e.g. --size 960x960",
             )
-    frames = frames or s.frames
-    if (frames - 1) % 4:
-        raise WanloraError(f"--frames {frames}: a video has 4n + 1 frames", "pass e.g. --frames 33")
-    first_frame = start_image(project, image, width, height)
+    first_frame = start_image(project, image, width, height)  # None: text-to-video
     strengths = {name: 1.0 for name in names} | dict(strengths or {})
     unknown = set(strengths) - set(names)
     if unknown:
@@ -340,51 +302,46 @@ def sample_project(
         steps=steps or s.steps,
         width=width,
         height=height,
-        guidance_scale=s.guidance_scale if guidance_scale is None else guidance_scale,
+        guidance=guidance,
         shift=s.shift,
         boundary=config.boundary if len(names) == 2 else None,
         batch_size=batch_size,
         frames=frames,
         image=first_frame,
     )
+    fps = video_fps(config.task)
     out_dir = out_dir or layout.samples_dir
     tag = strength_tag(strengths)
     result = SampleResult(images=[], offloaded=offload)
     common = {
         "steps": spec.steps,
         "size": [width, height],
-        "guidance_scale": spec.guidance_scale,
+        "guidance": guidance,
         "shift": spec.shift,
         "boundary": spec.boundary,
         "recipe": config.recipe,
-        **({"frames": frames} if frames > 1 else {}),
-        **({"image": str(image or config.sample.image)} if first_frame is not None else {}),
+        **({"image": str(image or s.image)} if first_frame is not None else {}),
     }
-    fps = target_fps_for_task(config.task)
-
-    def video(index: int):
-        return spec.videos[index] if spec.videos else None
-
     lora_images = render(experts, vae, spec, device=device, dtype=dtype, offload=offload)
-    for n, ((i, seed), picture) in enumerate(zip(pairs, lora_images, strict=True)):
+    for (i, seed), clip in zip(pairs, lora_images, strict=True):
         info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": strengths}
-        stem = layout.sample_stem(i, seed, tag)
-        result.images.append(save_sample(picture, video(n), out_dir, stem, info | common, fps))
+        saved = save_sample(clip, out_dir, layout.sample_stem(i, seed, tag), info | common, fps=fps)
+        result.images.append(saved.image)
+        result.videos.extend([saved.video] if saved.video else [])
     if compare:
         for module in experts.values():
             set_lora_multiplier(module, 0.0)
-        spec.videos.clear()
         base_images = render(experts, vae, spec, device=device, dtype=dtype, offload=offload)
         zero = {name: 0.0 for name in names}
-        for n, ((i, seed), picture) in enumerate(zip(pairs, base_images, strict=True)):
+        for (i, seed), clip in zip(pairs, base_images, strict=True):
             info = {"prompt": prompts[i], "prompt_index": i, "seed": seed, "strengths": zero}
             stem = layout.sample_stem(i, seed, "base")
-            result.base_images.append(
-                save_sample(picture, video(n), out_dir, stem, info | common, fps)
-            )
+            saved = save_sample(clip, out_dir, stem, info | common, fps=fps)
+            result.base_images.append(saved.image)
+            result.videos.extend([saved.video] if saved.video else [])
         lora_title = "LoRA " + ", ".join(f"{n} {format_strength(v)}" for n, v in strengths.items())
         grid = grid_image(
-            [[b, w] for b, w in zip(base_images, lora_images, strict=True)],
+            [[b[0], w[0]] for b, w in zip(base_images, lora_images, strict=True)],
             ["without LoRA", lora_title],
             [f"p{i:02d} seed {seed}: {prompts[i]}" for i, seed in pairs],
         )

@@ -3,7 +3,8 @@
 The loop (loop.py) calls two kinds of callbacks and knows nothing about who listens: the
 run layer (wanlora.run) passes in progress bars, TensorBoard logging, worker messages,
 epoch-end samples (wanlora.sampling), and stop requests. A callback raises StopTraining to
-end the run after the current step; the loop saves a resume state first.
+end the run after the current step (a step callback) or the epoch (an epoch-end callback);
+the loop saves a resume state there first, never mid-step.
 
     on_step(StepReport)                  after every optimiser step
     on_epoch_end(expert, epochs, model)  after every completed epoch; the model is in train
@@ -39,7 +40,7 @@ class ExpertResult:
 
 
 class StopTraining(Exception):
-    """Raised by a step callback to stop after the current step (state is saved first)."""
+    """Raised by a step or epoch-end callback to stop there (the state is saved first)."""
 
 
 StepCallback = Callable[[StepReport], None]

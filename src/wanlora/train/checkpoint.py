@@ -29,6 +29,7 @@ class Checkpointer:
     ):
         self.output_dir, self.expert, self.parts, self.alpha = output_dir, expert, parts, alpha
         self.writes = writes
+        self._saved: tuple[int, bool] | None = None  # (step, finished) of the last save
 
     def clear(self) -> None:
         """A fresh start (--restart, --overwrite): an earlier run's states go."""
@@ -37,8 +38,8 @@ class Checkpointer:
 
     def save(self, state: TrainState, *, finished: bool) -> None:
         """A resume state: the LoRA in float32, optimiser, schedule, loss scale, RNGs."""
-        if not self.writes:
-            return
+        if not self.writes or self._saved == (state.step, finished):
+            return  # e.g. a stop right after a periodic save: that state is this one
         state.finished = finished
         p = self.parts
         tensors = lora_state_dict(p.model, self.alpha, torch.float32)
@@ -52,6 +53,7 @@ class Checkpointer:
             p.scaler,
             p.generator,
         )
+        self._saved = (state.step, finished)
 
     def finish(
         self, state: TrainState, path: Path, dtype: torch.dtype, metadata: dict[str, str]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,9 @@ class TrainingData:
     items: list[DatasetItem]  # the epoch order deals these out (dataset/order.py)
     samples: list[tuple[torch.Tensor, torch.Tensor]]  # per item: (latent, text embedding)
     dataset_hash: str
+    # items `[validation] items` holds out: never dealt out, validated on (validation.py)
+    held_out: list[DatasetItem] = field(default_factory=list)
+    held_out_samples: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
     def total_steps(self, config: RecipeConfig) -> int:
         """Optimiser steps of the whole run: every epoch's micro-batches / accumulation."""

@@ -102,6 +102,7 @@ def train_expert(
                 last = b + 1 == len(batches)
                 stepped = last or (b + 1) % training.gradient_accumulation_steps == 0
                 loss = stepper.micro_batch(batches[b], owned=strategy.owns(b))
+                faults.point("micro_batch", expert)  # test hooks (faults.py): inert unless asked
                 loss = strategy.reduce(loss, stepped, stepper.params)  # at a step: summed
                 check_finite(loss, expert, state.step + 1)  # before the optimiser step
                 last_loss = loss if loss is not None else last_loss
@@ -109,7 +110,7 @@ def train_expert(
                     stepper.optimizer_step()
                     scheduler.step()
                     state.step += 1
-                    faults.point("step")  # test hook (faults.py): inert unless asked
+                    faults.point("step", expert)
                 state.epoch, state.batch_in_epoch = (epoch + 1, 0) if last else (epoch, b + 1)
                 if not stepped:
                     continue
@@ -120,8 +121,9 @@ def train_expert(
                     on_step(StepReport(expert, state.step, total_steps, loss, lr, seconds))
                 step_start = None
             if on_epoch_end is not None and state.epoch == epoch + 1:
+                faults.point("epoch_end", expert)
                 on_epoch_end(expert, state.epoch, model)
-    except (StopTraining, KeyboardInterrupt):
+    except StopTraining:  # raised at a step or an epoch end: the state there is whole
         checkpoints.save(state, finished=False)
         raise
     except torch.OutOfMemoryError as exc:

@@ -1,5 +1,6 @@
 """Setting up one expert's training, one named part at a time (the loop calls them in order).
 
+    expert_dit         the expert's DiT file and the dtype training computes in
     load_expert_model  the expert's DiT (fp8-rounded like the reference), its speed plan
                        (speed/: storage, recompute, compile, and below the budget of the
                        weights the blocks streamed from host memory), the LoRA
@@ -33,7 +34,7 @@ from .speed.memory_plan import DitShape, tokens_for_resolution
 from .speed.prepare import prepare_base, prepare_for_speed
 from .speed.swap_plan import SwapPlan, plan_with_swap
 from .state import TrainingParts, TrainState, check_resume, load_state
-from .step import prediction_loss
+from .step import step_functions
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,7 @@ def load_expert_model(
     project: Project, expert: str, config: RecipeConfig, device: torch.device
 ) -> tuple[torch.nn.Module, torch.dtype]:
     """The expert's DiT with its LoRA, in train mode, and the dtype it computes in."""
-    dit_path = resolve_model_path(config.experts[expert].dit, project.models_dir, project.root)
-    if not dit_path.exists():
-        raise WanloraError(
-            f"{dit_path}: DiT file for the {expert} expert not found",
-            f"run `wanlora download {project.root}` or set experts.{expert}.dit in wanlora.toml",
-        )
-    # the header alone: the file's dtype decides the compute dtype before any weight is read
-    dtype = compute_dtype(
-        config.training.mixed_precision, infer_dit_info(dit_path).file_dtype, dit_path
-    )
+    dit_path, dtype = expert_dit(project, expert, config)
     plan = speed_plan(config, device, dtype, dit_path)
     check_plan_fits(plan, config.training.max_vram_gb, expert)
     # streamed blocks never go to the GPU whole: the model is built on the CPU (the file is
@@ -69,11 +61,26 @@ def load_expert_model(
         add_lora(model, config.lora)
         prepare_for_speed(model, plan, device)
         install_block_swap(model, plan, device)  # after recompute is set: swapped blocks need it
-        faults.point("model_load")  # test hook (faults.py): inert unless asked
+        faults.point("model_load", expert)  # test hook (faults.py): inert unless asked
     except torch.OutOfMemoryError as exc:
         raise out_of_memory(expert, f"while loading {dit_path.name} on {device}", exc) from None
     model.train()
     return model, dtype
+
+
+def expert_dit(project: Project, expert: str, config: RecipeConfig) -> tuple[Path, torch.dtype]:
+    """The expert's DiT file and the dtype training computes in (from the header alone:
+    the file's dtype decides it before any weight is read)."""
+    dit_path = resolve_model_path(config.experts[expert].dit, project.models_dir, project.root)
+    if not dit_path.exists():
+        raise WanloraError(
+            f"{dit_path}: DiT file for the {expert} expert not found",
+            f"run `wanlora download {project.root}` or set experts.{expert}.dit in wanlora.toml",
+        )
+    dtype = compute_dtype(
+        config.training.mixed_precision, infer_dit_info(dit_path).file_dtype, dit_path
+    )
+    return dit_path, dtype
 
 
 def speed_plan(
@@ -89,7 +96,8 @@ def speed_plan(
         config.training,
         device,
         dtype,
-        tokens=tokens_for_resolution(config.dataset.resolution) * config.dataset.batch_size,
+        tokens=tokens_for_resolution(config.dataset.resolution, step=config.size_step)
+        * config.dataset.batch_size,
         shape=shape,
         rank=config.lora.network_dim,
     )
@@ -176,8 +184,9 @@ def graphed_step(
     log.info("%s: CUDA graph %s", expert, "on" if not_graphed is None else f"off ({not_graphed})")
     if not_graphed is not None:
         return None
+    loss_for = step_functions(config)[2]
     return GraphedStep(
-        lambda *inputs: prediction_loss(model, *inputs, dtype, cache_enabled=False),
+        lambda *inputs: loss_for(model, *inputs, dtype, cache_enabled=False),
         lora_parameters(model),
         parts.optimizer,
         parts.scaler,

@@ -43,6 +43,7 @@ from ..errors import WanloraError
 from ..fsutil import disk_full_error, is_disk_full
 from ..lora.file import read_lora_file, save_lora_file
 from ..outputs import OutputLayout
+from ..recipes.effects import trained_settings
 from ..recipes.schema import RecipeConfig
 
 KEEP_STATES = 2
@@ -80,12 +81,23 @@ class TrainingParts:
 
 
 def recipe_hash(config: RecipeConfig, expert: str) -> str:
-    """Hash of everything that changes what this expert's training computes."""
-    data = config.model_dump(mode="json", exclude={"project", "sample", "description"})
+    """Hash of the settings that shape this expert's LoRA: the RESULT fields of
+    recipes/effects.py, so a resume is refused exactly for the edits that would retrain."""
+    data = trained_settings(config, expert)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def legacy_recipe_hash(config: RecipeConfig, expert: str) -> str:
+    """recipe_hash as versions before run records computed it: a state they saved is
+    recognised (run/adopt.py re-keys it) instead of refused as changed settings."""
+    # [validation] did not exist then
+    data = config.model_dump(
+        mode="json", exclude={"project", "sample", "validation", "description"}
+    )
     data["experts"] = {expert: data["experts"][expert]}
-    # not what is computed: how often states are saved, loader threads, the memory budget
-    # (it changes only storage and recompute, both bit-identical), CUDA graphs (rounding only)
+    # not in the legacy hash: fields that did not exist then (text_fold)
     skip = ("save_state_every_n_steps", "max_data_loader_n_workers", "max_vram_gb", "cuda_graph")
+    skip += ("text_fold",)
     for key in skip:
         data["training"].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
@@ -161,6 +173,7 @@ def save_state(
     root = state_root(output_dir, expert)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{_STATE_PREFIX}{state.step:08d}"
+    faults.point("state_save", final)  # test hooks (faults.py): inert unless asked
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -171,7 +184,7 @@ def save_state(
         trainer = _encode(_trainer_state(optimizer, scheduler, scaler, generator), "", tensors)
         save_file(tensors, tmp / TRAINER_TENSORS)  # a full disk: "os error 28", is_disk_full
         _write_json(tmp / TRAINER_JSON, {"format": _TRAINER_FORMAT, **trainer})
-        faults.point("state_write", tmp)  # test hook (faults.py): inert unless asked
+        faults.point("state_write", tmp)
         _write_json(tmp / "meta.json", state.__dict__)  # written last: marks completeness
         _fsync_tree(tmp)
     except BaseException as exc:  # no half-written folder left behind (a kill leaves one: _prune)

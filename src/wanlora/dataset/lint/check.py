@@ -40,6 +40,8 @@ def check_dataset(project: Project, token_counter: TokenCounter | None = None) -
             sources.dataset_toml,
             "keys wanlora ignores: " + "; ".join(sources.ignored_keys),
         )
+    where = sources.dataset_toml or project.config_file
+    _resolution_findings([*sources.entries, *sources.videos], project, where, report)
     trigger = project.config.project.trigger
     checked: list[CheckedImage] = []
     for entry in sources.entries:
@@ -54,6 +56,20 @@ def check_dataset(project: Project, token_counter: TokenCounter | None = None) -
     alike = near_duplicates(checked, report)
     caption_mixups(checked, trigger, alike, report)
     return report
+
+
+def _resolution_findings(entries, project: Project, where: Path, report: CheckReport) -> None:
+    """A dataset resolution whose sides the task's VAE and patch do not divide (TI2V-5B: 32)."""
+    step, task = project.config.size_step, project.config.task
+    for entry in entries:
+        width, height = entry.resolution
+        if width % step or height % step:
+            report.error(
+                where,
+                f"resolution {width}x{height} ({entry.source}): {task} needs sides that are "
+                f"multiples of {step} -- use e.g. {max(step, width // step * step)}x"
+                f"{max(step, height // step * step)}",
+            )
 
 
 def _check_entry(

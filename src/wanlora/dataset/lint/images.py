@@ -46,10 +46,11 @@ def check_image(
                 image,
             )
         bucket = select_bucket(
-            width, height, entry.resolution, entry.enable_bucket, entry.bucket_no_upscale
+            width, height, entry.resolution, entry.enable_bucket, entry.bucket_no_upscale,
+            entry.reso_step,
         )
         image.bucket = list(bucket)
-        _bucket_findings(path, (width, height), bucket, image, report)
+        _bucket_findings(path, (width, height), bucket, image, report, entry.reso_step)
         try:
             return imagehash.phash(pil.convert("RGB"))
         except (OSError, ValueError):
@@ -108,9 +109,10 @@ def _bucket_findings(
     bucket: tuple[int, int],
     image: ImageReport,
     report: CheckReport,
+    reso_step: int = 16,
 ) -> None:
     width, height = size
-    if min(bucket) < 16:
+    if min(bucket) < reso_step:
         report.error(
             path,
             f"{width}x{height} is too small for any bucket with bucket_no_upscale -- "

@@ -12,6 +12,7 @@ defaults keep the recipe's numerics, `training.speed = "fast"` does not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -176,6 +177,8 @@ class SpeedPlan:
     fp8_transposed: bool = False
     # a plan that does not fit and could not stream blocks to get there says why (swap_plan)
     why_not: str | None = None
+    # cross-attention takes the caption's padding rows folded into a few keys (text_fold.py)
+    text_fold: bool = False
 
     @property
     def load_dtype(self) -> torch.dtype:
@@ -220,7 +223,17 @@ class SpeedPlan:
         return what, fix
 
 
-def plan_speed(
+def plan_speed(training, device: torch.device, compute_dtype: torch.dtype, **shape_args) -> SpeedPlan:
+    """`plan_storage_and_recompute` (below, which takes the same arguments) plus the text
+    fold (`training.text_fold`, auto: on for CUDA; objects without the field keep the plain
+    attention)."""
+    plan = plan_storage_and_recompute(training, device, compute_dtype, **shape_args)
+    setting = getattr(training, "text_fold", "off")
+    fold = setting == "on" or (setting == "auto" and device.type == "cuda")
+    return dataclasses.replace(plan, text_fold=fold)
+
+
+def plan_storage_and_recompute(
     training,
     device: torch.device,
     compute_dtype: torch.dtype,
@@ -324,7 +337,8 @@ def plan_speed(
     )
 
 
-def tokens_for_resolution(resolution: tuple[int, int], frames: int = 1) -> int:
-    """Tokens per sample: VAE stride 8 x patch 2 = 16 pixels a token side, per latent frame."""
+def tokens_for_resolution(resolution: tuple[int, int], frames: int = 1, step: int = 16) -> int:
+    """Tokens per sample: VAE stride 8 x patch 2 = 16 pixels a token side (`step`; 32 for
+    TI2V-5B's Wan 2.2 VAE), per latent frame."""
     width, height = resolution
-    return (width // 16) * (height // 16) * frames
+    return (width // step) * (height // step) * frames

@@ -4,8 +4,9 @@ plan = plan_speed(...)            memory_plan.py: storage, recompute count, comp
 load_dit(..., dtype=plan.load_dtype)
 prepare_base(model, plan)         before add_lora: fp8 block linears (fp8_linear.py)
 add_lora(model, ...)
-prepare_for_speed(model, plan)    after add_lora: LoRA inputs (lora_input.py), recompute
-                                  (checkpointing.py), compiled blocks (compile.py)
+prepare_for_speed(model, plan)    after add_lora: LoRA inputs (lora_input.py), folded text
+                                  padding (text_fold.py), recompute (checkpointing.py),
+                                  compiled blocks (compile.py)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .compile import compile_blocks
 from .fp8_linear import E4M3, E5M2, Fp8Linear, keep_transposed_weights
 from .lora_input import skip_lora_input_cast
 from .memory_plan import GiB, SpeedPlan
+from .text_fold import install_text_fold
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +56,23 @@ def prepare_base(model: nn.Module, plan: SpeedPlan) -> nn.Module:
 
 
 def prepare_for_speed(model: nn.Module, plan: SpeedPlan, device: torch.device) -> nn.Module:
-    """After add_lora: LoRA inputs, the recompute policy, compiled blocks. Returns the model."""
+    """After add_lora: LoRA inputs, the folded text padding, the recompute policy, compiled
+    blocks. Returns the model."""
     skip_lora_input_cast(model)
+    if plan.text_fold:
+        install_text_fold(model)
     indices = blocks_to_checkpoint(model, plan, device)
     set_checkpointing(model, indices)
     model.wanlora_checkpointed = indices  # for logs and benchmarks
     if plan.compile:
         compile_blocks(model)
     log.info(
-        "speed: fp8 storage %s, fp8 compute %s, compiled %s, %d/%d blocks recomputed%s",
+        "speed: fp8 storage %s, fp8 compute %s, compiled %s, text padding folded %s, "
+        "%d/%d blocks recomputed%s",
         plan.fp8_storage,
         plan.fp8_compute,
         plan.compile,
+        plan.text_fold,
         len(indices),
         len(model.blocks),
         ""
