@@ -127,6 +127,7 @@ def run_swap_variant(bench, name: str, cfg: dict, device: torch.device, warmup: 
         plan_text = f"reference-like swap of the last {len(indices)} blocks, full ckpt, eager"
     else:
         update = {k: spec[k] for k in ("speed", "compile", "checkpointing", "fp8_storage")}
+        update["text_fold"] = spec.get("text_fold", "on")  # as bench_step's resident variants
         training = recipe.training.model_copy(update=dict(update, max_vram_gb=budget))
         shape = bench_shape(cfg)
         plan = plan_with_swap(training, device, dtype, tokens=tokens, shape=shape, rank=16)

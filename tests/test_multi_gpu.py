@@ -156,7 +156,11 @@ def test_workers_sample_at_epoch_ends_like_one_process(project_dir):
     project = load_project(project_dir)
     run_training(project, devices=CPU2, on_epoch_end=TrainingMonitor(project, torch.device("cpu")))
     samples = sorted(p.name for p in (project.output_dir / "samples").glob("*.png"))
-    assert samples == ["train_high_e0001_p00_seed42.png", "train_low_e0001_p00_seed42.png"]
+    assert samples == [  # the base models once (the report grid's top row), then each expert
+        "train_base_p00_seed42.png",
+        "train_high_e0001_p00_seed42.png",
+        "train_low_e0001_p00_seed42.png",
+    ]
     for expert in ("high", "low"):
         assert read_scalars(project.output_dir / "logs" / expert)["perf/peak_rss_gib"].steps == [1]
     with pytest.raises(WanloraError, match="on_epoch_end callback cannot run in worker"):

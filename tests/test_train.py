@@ -138,17 +138,27 @@ def test_resume_refuses_a_changed_dataset(project_dir):
     assert result.steps == 18
 
 
-def test_ctrl_c_saves_state(project_dir):
+def test_a_stop_saves_the_step_and_a_raw_keyboard_interrupt_saves_nothing(project_dir):
+    """StopTraining (what a signal's handler raises at a step: run/signals.py) saves that
+    step's state; a bare KeyboardInterrupt may come mid-step, so it saves nothing."""
     project = load_project(project_dir)
 
-    def interrupt(report):
+    def stop(report):
         if report.step == 4:
+            raise StopTraining("stopped by SIGINT")
+
+    with pytest.raises(StopTraining):
+        run_expert(project, "low", device=CPU, on_step=stop)
+    assert read_state_meta(latest_state_dir(project.output_dir, "low")).step == 4
+    assert not lora_path(project, "low").exists()
+
+    def interrupt(report):
+        if report.step == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_expert(project, "low", device=CPU, on_step=interrupt)
-    assert read_state_meta(latest_state_dir(project.output_dir, "low")).step == 4
-    assert not lora_path(project, "low").exists()
+        run_expert(project, "high", device=CPU, on_step=interrupt)
+    assert latest_state_dir(project.output_dir, "high") is None
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_no_bad_output(project_dir):

@@ -65,14 +65,14 @@ class LossLog:
 
 
 @contextlib.contextmanager
-def epoch_monitor(project: Project, device: torch.device, on: bool):
+def epoch_monitor(project: Project, device: torch.device, on: bool, *, render_base: bool = True):
     """The on_epoch_end callback of a worker or launch: a TrainingMonitor when `on`, else
     None. The other ranks of a data-parallel group wait at the next all_reduce while rank 0
     samples."""
     if not on:
         yield None
         return
-    monitor = TrainingMonitor(project, device)
+    monitor = TrainingMonitor(project, device, render_base=render_base)
     try:
         yield monitor
     finally:

@@ -80,12 +80,15 @@ def run_training(
                 raise plan.refusal(project)
             if not plan.train:
                 return plan.skipped_results()
+            fresh = plan.action in ("first", "new")
+            # sound model files before the run is recorded: a bad file writes nothing
+            check_model_files(project, plan.train, overwrite=fresh, restart=False)
             with recorded(project, plan) as results:
                 results += _train_experts(
                     project,
                     stop,
                     plan.train,
-                    fresh=plan.action in ("first", "new"),
+                    fresh=fresh,
                     device=device,
                     on_step=on_step,
                     on_epoch_end=on_epoch_end,
@@ -115,7 +118,6 @@ def _train_experts(
     """The plan's experts, in this process or in workers. `fresh`: a new run, whose earlier
     LoRAs at output/ are kept in output/runs/<N>/ and may be replaced."""
     overwrite, restart = fresh, False
-    check_model_files(project, experts, overwrite=overwrite, restart=restart)
     waves = plan_jobs(
         experts,
         devices or ([str(device)] if device is not None else None),

@@ -96,7 +96,9 @@ def run_parallel(
     return [results[job.expert] for wave in waves for job in wave]
 
 
-def _run_wave(project, jobs, overwrite, restart, on_step, monitor, request) -> dict[str, ExpertResult]:
+def _run_wave(
+    project, jobs, overwrite, restart, on_step, monitor, request
+) -> dict[str, ExpertResult]:
     ctx = multiprocessing.get_context("spawn")
     messages = Inbox(ctx)
     stop = ctx.Event()
@@ -126,6 +128,7 @@ def _run_wave(project, jobs, overwrite, restart, on_step, monitor, request) -> d
                         threads,
                         monitor,
                         project.config.training.max_vram_gb,
+                        render_base=j == 0,
                     )
                     proc = ctx.Process(
                         target=_worker,
@@ -274,6 +277,9 @@ class _WorkerSpec:
     threads: int
     monitor: bool  # rank 0 runs a TrainingMonitor at epoch ends (samples, memory numbers)
     max_vram_gb: float | None = None  # `wanlora train --max-vram`: not in wanlora.toml
+    # the base models' samples (the report grid's top row): one worker of the wave renders
+    # them, not every expert's worker at once
+    render_base: bool = True
 
 
 def _worker(spec: _WorkerSpec, messages, stop) -> None:
@@ -324,7 +330,9 @@ def _work(spec: _WorkerSpec, messages, stop, request: StopRequest) -> None:
             if strategy.should_stop():  # data-parallel: the ranks agreed at the step
                 raise StopTraining
 
-        with epoch_monitor(project, device, spec.monitor and rank == 0) as on_epoch_end:
+        with epoch_monitor(
+            project, device, spec.monitor and rank == 0, render_base=spec.render_base
+        ) as on_epoch_end:
             result = run_expert(
                 project,
                 expert,

@@ -75,6 +75,7 @@ class TrainingMonitor:
         *,
         offload: bool | None = None,
         log_dir: Path | None = None,
+        render_base: bool = True,
     ):
         self.project = project
         self.device = torch.device(device)
@@ -90,7 +91,7 @@ class TrainingMonitor:
         self._contexts: list[torch.Tensor] | None = None
         self._negative: torch.Tensor | None = None
         self.base_saved: list[Path] = []  # the base models' samples (no LoRA), once
-        self._base_rendered = False
+        self._base_rendered = not render_base  # False: another process renders the base row
         self._noted = False
         self._base: dict[str, torch.nn.Module] = {}
         self._vae = None
