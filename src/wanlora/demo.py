@@ -46,6 +46,14 @@ dit = "{models["dit_low"]}"
 """
 
 
+def paths_in_project(root: Path, files: dict[str, str | Path]) -> dict[str, str]:
+    """Model files as wanlora.toml names them: relative to the project, `/`-separated."""
+    return {
+        key: Path(path).resolve().relative_to(root.resolve()).as_posix()
+        for key, path in files.items()
+    }
+
+
 def demo_toml(epochs: int, models: dict[str, str]) -> str:
     return f"""\
 # The built-in demo: the wan22-t2v recipe on tiny random models (CPU, no downloads).
@@ -180,10 +188,8 @@ def create_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0
     root = demo_root(directory)
     config_file = root / PROJECT_FILE
     paths = write_tiny_models(root / "models", seed=seed)
-    model_paths = {
-        field: Path(getattr(paths, field)).resolve().relative_to(root.resolve()).as_posix()
-        for field in ("dit_high", "dit_low", "vae", "text_encoder", "tokenizer")
-    }
+    fields = ("dit_high", "dit_low", "vae", "text_encoder", "tokenizer")
+    model_paths = paths_in_project(root, {field: getattr(paths, field) for field in fields})
     dataset = root / "dataset"
     if not (dataset.is_dir() and any(dataset.glob("*.png"))):
         write_demo_dataset(dataset, seed=seed + 1)  # seed 1: a dataset `wanlora check` finds clean

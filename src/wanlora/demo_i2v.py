@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dataset.video_writer import write_mp4
-from .demo import COLORS, DEMO_TRIGGER, demo_root, models_toml
+from .demo import COLORS, DEMO_TRIGGER, demo_root, models_toml, paths_in_project
 from .fsutil import atomic_path, atomic_write_text
 from .recipes import PROJECT_FILE, Project, load_project
 
@@ -145,8 +145,6 @@ frames = 5
 """
 
 
-
-
 def create_i2v_demo_project(directory: str | Path, *, epochs: int = 3, seed: int = 0) -> Project:
     """Write the I2V-A14B demo project (models, videos, start image, wanlora.toml); refuses
     a non-demo folder."""
@@ -162,10 +160,7 @@ def create_i2v_demo_project(directory: str | Path, *, epochs: int = 3, seed: int
         "text_encoder": base.text_encoder,
         "tokenizer": base.tokenizer,
     }
-    relative = {
-        key: Path(path).resolve().relative_to(root.resolve()).as_posix()
-        for key, path in files.items()
-    }
+    relative = paths_in_project(root, files)
     dataset = root / "dataset"
     if not (dataset.is_dir() and any(dataset.glob("*.mp4"))):
         write_demo_videos(dataset, COLORS, DEMO_TRIGGER, seed=seed + 1)

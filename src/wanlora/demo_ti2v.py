@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .dataset.video_writer import write_mp4
-from .demo import COLORS, DEMO_TRIGGER, demo_root, write_demo_dataset
+from .demo import COLORS, DEMO_TRIGGER, demo_root, paths_in_project, write_demo_dataset
 from .fsutil import atomic_write_text
 from .recipes import Project, load_project
 
@@ -119,10 +119,7 @@ def create_ti2v_demo_project(directory: str | Path, *, epochs: int = 2, seed: in
         "text_encoder": base.text_encoder,
         "tokenizer": base.tokenizer,
     }
-    relative = {
-        key: Path(path).resolve().relative_to(root.resolve()).as_posix()
-        for key, path in files.items()
-    }
+    relative = paths_in_project(root, files)
     dataset = root / "dataset"
     if not (dataset.is_dir() and any(dataset.glob("*.png"))):
         write_demo_dataset(dataset, count=6, seed=seed + 1)
