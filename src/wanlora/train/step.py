@@ -34,7 +34,7 @@ from .i2v_inputs import with_conditioning
 from .speed.cuda_graph import GraphedStep
 from .speed.text_fold import text_rows
 from .state import TrainingParts
-from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
+from .timesteps import dit_timestep, noise_and_timesteps, noisy_and_target
 
 # per item: (latent, text embedding), and for I2V its conditioning (mask + y, i2v_inputs.py)
 Samples = list[tuple[torch.Tensor, ...]]
@@ -60,13 +60,8 @@ def draws(
     generator goes through here: data-parallel ranks replay the draws of the other ranks'
     batches with it, so that each batch gets the noise it gets in one process."""
     shape = (len(batch), *samples[batch[0]][0].shape)
-    noise = torch.randn(shape, generator=generator)
-    t = sample_timesteps(
-        len(batch),
-        config.timesteps,
-        settings.min_timestep,
-        settings.max_timestep,
-        generator=generator,
+    noise, t = noise_and_timesteps(
+        shape, config.timesteps, settings.min_timestep, settings.max_timestep, generator
     )
     return noise, t
 

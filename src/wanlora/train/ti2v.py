@@ -39,7 +39,7 @@ from ..models.precision import autocast
 from ..models.text_encoder import TEXT_LEN, pad_context
 from ..models.time_embedding import ti2v_token_timesteps
 from ..recipes.schema import ExpertSettings, RecipeConfig
-from .timesteps import dit_timestep, noisy_and_target, sample_timesteps
+from .timesteps import dit_timestep, noise_and_timesteps, noisy_and_target
 
 Samples = list[tuple[torch.Tensor, torch.Tensor]]  # per item: (latent, text embedding)
 
@@ -65,13 +65,8 @@ def draws(
     that decides image-to-video (below the share). Always the same number of draws per
     batch, whatever the items are, so every rank's stream stays in step."""
     shape = (len(batch), *samples[batch[0]][0].shape)
-    noise = torch.randn(shape, generator=generator)
-    t = sample_timesteps(
-        len(batch),
-        config.timesteps,
-        settings.min_timestep,
-        settings.max_timestep,
-        generator=generator,
+    noise, t = noise_and_timesteps(
+        shape, config.timesteps, settings.min_timestep, settings.max_timestep, generator
     )
     coins = torch.rand((len(batch),), generator=generator)
     return noise, t, coins

@@ -89,6 +89,20 @@ def sample_timesteps(
     return torch.cat([*accepted, fallback])
 
 
+def noise_and_timesteps(
+    shape: tuple[int, ...],
+    timesteps: TimestepSettings,
+    min_timestep: int,
+    max_timestep: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A micro-batch's noise of `shape` (batch first), then its timesteps: the recipe's draw
+    order, which every task's step keeps so the generator's stream stays the same."""
+    noise = torch.randn(shape, generator=generator)
+    t = sample_timesteps(shape[0], timesteps, min_timestep, max_timestep, generator=generator)
+    return noise, t
+
+
 def dit_timestep(t: torch.Tensor) -> torch.Tensor:
     """The timestep the DiT receives for t: 1000 * t + 1.
 
