@@ -17,7 +17,7 @@ from wanlora.models.dit import diffusers_key_to_wan
 
 MEASURE = textwrap.dedent(
     """
-    import json, resource, sys, threading, time
+    import json, sys, threading, time
     import psutil
     import torch, diffusers, safetensors
     import wanlora.models.dit
@@ -29,24 +29,30 @@ MEASURE = textwrap.dedent(
                 if line.startswith("RssAnon:"):
                     return int(line.split()[1]) * 1024
 
+    process = psutil.Process()
     peak = baseline = anon_bytes()
-    rss_baseline = psutil.Process().memory_info().rss
+    # RSS sampled here, not ru_maxrss: that is a lifetime peak, and under memory pressure the
+    # shared libraries' pages touched while importing can be reclaimed before the baseline.
+    rss_peak = rss_baseline = process.memory_info().rss
     done = False
 
     def sample():
-        global peak
+        global peak, rss_peak
         while not done:
             peak = max(peak, anon_bytes())
+            rss_peak = max(rss_peak, process.memory_info().rss)
             time.sleep(0.002)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     model, info = wanlora.models.dit.load_dit(sys.argv[1])
+    # Read every weight once, as a first step does: mmapped pages count in RSS once touched.
+    touched = sum(float(p.float().abs().sum()) for p in model.parameters())
     done = True
     sampler.join()
     peak = max(peak, anon_bytes())
+    rss_peak = max(rss_peak, process.memory_info().rss)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"baseline": baseline, "peak": peak, "model_bytes": size,
                       "rss_growth": rss_peak - rss_baseline}))
     """
