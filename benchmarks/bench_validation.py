@@ -47,7 +47,9 @@ def timed(fn, device: torch.device):
     return result, time.perf_counter() - start
 
 
-def run(cfg: dict, device: torch.device, warmup: int, steps: int, items: int) -> dict:
+def run(
+    cfg: dict, device: torch.device, warmup: int, steps: int, items: int, max_vram: float | None
+) -> dict:
     from wanlora.lora.inject import add_lora, lora_parameters
     from wanlora.models.precision import grad_scaler
     from wanlora.recipes import load_recipe
@@ -64,7 +66,8 @@ def run(cfg: dict, device: torch.device, warmup: int, steps: int, items: int) ->
     shape = DitShape.wan(
         cfg["dim"], cfg["ffn_dim"], cfg["num_layers"], cfg["text_dim"], cfg["freq_dim"]
     )
-    plan = plan_speed(recipe.training, device, dtype, tokens=tokens, shape=shape, rank=16)
+    training = recipe.training.model_copy(update={"max_vram_gb": max_vram})
+    plan = plan_speed(training, device, dtype, tokens=tokens, shape=shape, rank=16)
     model = bench_step.build_random_dit(cfg, device, plan.load_dtype)
     prepare_base(model, plan)
     torch.manual_seed(0)
@@ -77,7 +80,7 @@ def run(cfg: dict, device: torch.device, warmup: int, steps: int, items: int) ->
     scaler = grad_scaler(device, dtype)
     n_ckpt = len(model.wanlora_checkpointed)
     graphed = None
-    if why_not_graphed(recipe.training, 0.0, device, n_ckpt, 1) is None:
+    if why_not_graphed(training, 0.0, device, n_ckpt, 1) is None:
         set_capturable(optimizer, device, on=True)
         graphed = GraphedStep(
             lambda *inputs: prediction_loss(model, *inputs, dtype, cache_enabled=False),
@@ -132,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--max-vram", type=float, default=None, help="the plan's budget, GiB")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = bench_step.TINY if args.tiny else bench_step.FULL
     warmup, steps = (1, 3) if args.tiny else (args.warmup, args.steps)
-    result = run(cfg, device, warmup, steps, items=4 if args.tiny else RECIPE_ITEMS)
+    result = run(
+        cfg, device, warmup, steps, items=4 if args.tiny else RECIPE_ITEMS,
+        max_vram=args.max_vram,
+    )
     text = json.dumps(result, indent=2)
     print(text)
     print(
@@ -148,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "validation.json").write_text(text + "\n")
+        (args.out / f"validation{'' if args.max_vram is None else f'-{args.max_vram:g}'}.json").write_text(text + "\n")
     return 0
 
 
