@@ -70,7 +70,7 @@ def test_measured_figures_are_the_benchmarks():
 def test_figures_follow_the_recipe_and_the_doctor():
     figures = tutorial_figures()
     assert figures["steps_per_expert"] == "1800" and figures["steps_all"] == "3600"
-    assert figures["exact_min_all"] == f"~{2 * 1800 * 0.47 / 60:.0f}"
+    assert figures["exact_min_all"] == f"~{2 * 1800 * 0.43 / 60:.0f}"
     assert figures["doctor_need"].startswith("~") and figures["doctor_need"].endswith(" GB")
 
 

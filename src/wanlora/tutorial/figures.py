@@ -23,7 +23,7 @@ from ..train.speed.memory_plan import WAN_14B
 
 @dataclass(frozen=True)
 class Measured:
-    """One expert's training on one H100 80GB at 960x960 (benchmarks/RESULTS.md)."""
+    """One expert's training on one H200 at 960x960 (benchmarks/RESULTS.md, 2026-12-02)."""
 
     shown: str  # the s/step as the docs write it
     peak_gib: float
@@ -34,16 +34,21 @@ class Measured:
         return float(self.shown)
 
 
+GPU = "H200"  # every figure below was measured on one H200 (141 GB)
 MEASURED = {
-    "reference": Measured("1.258", 19.9, "1.258"),  # musubi-tuner (PERF_ANCHOR.md)
-    "exact": Measured("0.47", 57.0, "0.47"),  # default, room to spare: no recompute, graphs
+    # the reference trainer's own code (musubi-tuner) on an H200, issue 23's table
+    "reference": Measured("1.10", 19.9, "1.103"),
+    # default, room to spare: no recompute, CUDA graphs (bench_recipe, inside `wanlora train`)
+    "exact": Measured("0.43", 28.2, "0.4308"),
     "exact_24": Measured("0.67", 21.4, "0.672"),  # --max-vram 24: 36/40 recomputed
-    "lowmem": Measured("0.68", 17.7, "0.684"),  # fp8 storage, 40/40 recomputed
-    "fast": Measured("0.40", 57.2, "0.406"),  # training.speed = "fast"
+    "lowmem": Measured("0.65", 17.6, "0.646"),  # fp8 storage, 40/40 recomputed
+    "fast": Measured("0.34", 28.2, "0.343"),  # training.speed = "fast"
 }
-# caching, loading each 28.6 GB expert and compiling, both experts (RESULTS.md: ~5 min)
-OVERHEAD_MINUTES = 5
-PRICE_PER_HOUR = 2.50  # the example hourly price of one H100
+# Both experts, besides the steps (bench_recipe.py, RESULTS.md 2026-12-02): caching 0.4 min,
+# loading and compiling 1.4 min; the default validation (base + 10 points per expert, ~46 s
+# each, bench_validation.py) 1.5 min.
+OVERHEAD_MINUTES = 3.3
+PRICE_PER_HOUR = 3.50  # an example hourly price of one H200
 RECIPE = "wan22-t2v"
 
 
@@ -73,6 +78,7 @@ def tutorial_figures() -> dict[str, str]:
         figures[f"{name}_min_run"] = _minutes(run_minutes)
         figures[f"{name}_cost"] = f"${run_minutes / 60 * PRICE_PER_HOUR:.2f}"
     figures["overhead_min"] = _minutes(OVERHEAD_MINUTES)
+    figures["gpu"] = GPU
     figures["price"] = f"${PRICE_PER_HOUR:.2f}/h"
 
     files = [MODEL_FILES[r.value] for r in referenced_models(config) if r.value in MODEL_FILES]
