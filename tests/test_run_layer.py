@@ -37,7 +37,7 @@ def test_start_point_fresh_resumed_done_or_refused(project):
     assert start_point(out, "high", lora, overwrite=False, restart=False).state_dir is None
     lora.parent.mkdir(parents=True, exist_ok=True)
     lora.write_bytes(b"a LoRA from another run")
-    with pytest.raises(WanloraError, match="already exists -- pass --overwrite"):
+    with pytest.raises(WanloraError, match="already exists -- pass --new-run"):
         start_point(out, "high", lora, overwrite=False, restart=False)
     assert start_point(out, "high", lora, overwrite=True, restart=False).state_dir is None
     half = put_state(project, "high", 5, finished=False)

@@ -211,7 +211,7 @@ def test_a_planted_pickle_is_refused_unread(tmp_path, keep_new_files):
         load_state(state_dir, fresh.optimizer, fresh.scheduler, fresh.scaler, fresh.generator)
     assert str(info.value) == (
         f"{state_dir}: resume state is in an older, unsafe format (trainer.pt, a pickle "
-        "that could run code); it is not read -- train with --restart (or delete the "
+        "that could run code); it is not read -- train with --new-run (or delete the "
         "folder) to start over"
     )
     with pytest.raises(WanloraError, match="unsafe format"):
@@ -279,7 +279,7 @@ def test_a_malformed_state_is_unreadable(tmp_path, name, tamper):
         load_state(state_dir, fresh.optimizer, fresh.scheduler, fresh.scaler, fresh.generator)
     assert str(info.value).startswith(f"{state_dir}: resume state is unreadable (")
     assert str(info.value).endswith(
-        "delete this folder to resume from the previous state, or train with --restart"
+        "delete this folder to resume from the previous state, or train with --new-run"
     )
 
 

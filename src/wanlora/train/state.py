@@ -141,7 +141,7 @@ def start_point(
     if state_dir is None and lora_file.exists() and not overwrite:
         raise WanloraError(
             f"{lora_file} already exists",
-            "pass --overwrite to replace it, or change project.name in wanlora.toml",
+            "pass --new-run to train a new run (this one is kept in output/runs/), or change project.name in wanlora.toml",
         )
     return StartPoint(state_dir)
 
@@ -151,12 +151,12 @@ def check_resume(state: TrainState, data_hash: str, r_hash: str, state_dir: Path
     if state.dataset_hash != data_hash:
         raise WanloraError(
             f"{state_dir}: the dataset changed since this run started (images, captions or buckets)",
-            "restore the dataset to resume, or pass --restart to train from scratch",
+            "restore the dataset to resume, or pass --new-run to train from scratch (this run is kept)",
         )
     if state.recipe_hash != r_hash:
         raise WanloraError(
             f"{state_dir}: the training settings changed since this run started",
-            "undo the wanlora.toml change to resume, or pass --restart to train from scratch",
+            "undo the wanlora.toml change to resume, or pass --new-run to train from scratch (this run is kept)",
         )
 
 
@@ -240,7 +240,7 @@ def read_trainer_state(state_dir: Path) -> dict:
         raise WanloraError(
             f"{state_dir}: resume state is in an older, unsafe format ({_UNSAFE_OLD_FILE}, "
             "a pickle that could run code); it is not read",
-            "train with --restart (or delete the folder) to start over",
+            "train with --new-run (or delete the folder) to start over",
         )
     try:
         stored = load_file(state_dir / TRAINER_TENSORS, device="cpu")
@@ -284,7 +284,7 @@ def read_state_meta(state_dir: Path) -> TrainState:
 def _unreadable(state_dir: Path, exc: Exception) -> WanloraError:
     return WanloraError(
         f"{state_dir}: resume state is unreadable ({type(exc).__name__})",
-        "delete this folder to resume from the previous state, or train with --restart",
+        "delete this folder to resume from the previous state, or train with --new-run",
     )
 
 
