@@ -3,7 +3,7 @@
 `TrainingMonitor` is an `on_epoch_end(expert, epochs_done, model)` callback: the run layer
 (wanlora.run) builds it and hands it to the training loop, which never imports sampling.
 Every epoch it records peak memory to tensorboard (output/logs/<expert>: perf/peak_vram_gib,
-perf/peak_rss_gib). Every `[sample] every_n_epochs` epochs it renders
+perf/peak_rss_gib; sampling's own peak perf/sample_peak_vram_gib). Every `[sample] every_n_epochs` epochs it renders
 the `[sample]` prompts: the expert being trained runs with its LoRA as it is now (at each
 `[sample] strengths` entry), the other phase of the boundary with the other expert's BASE
 model (loaded once, kept on the CPU between samples). The first time, the base models alone
@@ -110,6 +110,8 @@ class TrainingMonitor:
             writer.add_scalar("perf/peak_rss_gib", peak_rss_gib(), epochs_done)
         if self.sampling and epochs_done % self.every == 0:
             started = time.perf_counter()
+            if self.device.type == "cuda":  # sampling's own peak, beside the training's
+                torch.cuda.reset_peak_memory_stats(self.device)
             try:
                 self.sample(expert, epochs_done, model)
             except torch.OutOfMemoryError:
@@ -117,6 +119,9 @@ class TrainingMonitor:
                 free_device_memory(self.device)
             if writer is not None:
                 writer.add_scalar("perf/sample_seconds", time.perf_counter() - started, epochs_done)
+                if self.device.type == "cuda":
+                    peak = torch.cuda.max_memory_allocated(self.device) / GIB
+                    writer.add_scalar("perf/sample_peak_vram_gib", peak, epochs_done)
         if writer is not None:
             writer.flush()
         if self.device.type == "cuda":  # the next epoch's peak is its own
