@@ -84,7 +84,7 @@ class GridView:
 
 @dataclass
 class VerdictView:
-    expert: str
+    label: str  # "high expert"; "LoRA" for a one-model task (TI2V-5B)
     level: str
     effect: str
     text: str
@@ -116,7 +116,7 @@ def render_page(data: ReportData) -> str:
     samples = _samples_view(data.samples, budget)  # before the cost line counts the media
     return environment().get_template(TEMPLATE).render(
         grids=grids,
-        verdict=[_verdict_view(v) for v in data.verdict],
+        verdict=[_verdict_view(v, len(data.config.experts)) for v in data.verdict],
         validation_plot=validation_figure(data.validation),
         cost=_cost_view(data.performance, budget),
         data=data,
@@ -208,9 +208,11 @@ def _cell(sample: SampleFile, budget: MediaBudget) -> Cell | None:
     return Cell(still, video, sample.path.name, caption)
 
 
-def _verdict_view(v: ExpertVerdict) -> VerdictView:
+def _verdict_view(v: ExpertVerdict, experts: int) -> VerdictView:
+    """One row of the verdict: the summary, its causes listed under it."""
     level = v.level if v.level in ("none", "weak", "clear") else "unknown"
-    return VerdictView(v.expert, level, f"{100 * v.effect:.2f}%", v.text, v.causes)
+    label = f"{v.expert} expert" if experts > 1 else "LoRA"
+    return VerdictView(label, level, f"{100 * v.effect:.2f}%", v.summary, v.causes)
 
 
 def _cost_view(performance: list[ExpertPerformance], budget: MediaBudget) -> CostView:
