@@ -29,8 +29,12 @@ def test_too_few_steps_only_for_a_weak_lora_under_300_steps():
     assert expert_verdict(config, "high", points(0.003, 54)).causes[0] == (
         "only 54 optimiser steps (try more [training] max_train_epochs)"
     )
-    assert not any("optimiser steps" in c for c in expert_verdict(config, "high", points(0.003, 300)).causes)
-    assert expert_verdict(config, "high", points(0.05, 54)).causes == []  # clear: nothing to explain
+    assert not any(
+        "optimiser steps" in c for c in expert_verdict(config, "high", points(0.003, 300)).causes
+    )
+    assert (
+        expert_verdict(config, "high", points(0.05, 54)).causes == []
+    )  # clear: nothing to explain
 
 
 def test_learning_rate_decay_fires_for_an_early_decay_and_not_for_warmup():
@@ -123,9 +127,13 @@ def test_held_out_loss_above_the_base_models_only_with_held_out_items():
 def test_wording_clear_weak_and_none():
     config = load_recipe("wan22-t2v")
     clear = expert_verdict(config, "low", points(0.05, 1800))
-    assert clear.text == clear.summary == (
-        "low-noise LoRA changes the prediction by 5% (clear): it moves the model away from the "
-        "base model; validation loss 0.5 (base model) -> 0.49 (-2.0%) after 1800 steps."
+    assert (
+        clear.text
+        == clear.summary
+        == (
+            "low-noise LoRA changes the prediction by 5% (clear): it moves the model away from the "
+            "base model; validation loss 0.5 (base model) -> 0.49 (-2.0%) after 1800 steps."
+        )
     )
     weak = expert_verdict(config, "high", points(0.003, 54))
     assert weak.summary == (

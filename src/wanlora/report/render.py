@@ -114,9 +114,10 @@ def render_page(data: ReportData) -> str:
     budget = MediaBudget()
     grids = [_grid_view(grid, budget) for grid in data.grids]
     samples = _samples_view(data.samples, budget)  # before the cost line counts the media
+    experts = len(data.config.experts)
     return environment().get_template(TEMPLATE).render(
         grids=grids,
-        verdict=[_verdict_view(v, len(data.config.experts)) for v in data.verdict],
+        verdict=[_verdict_view(v, experts) for v in data.verdict],
         validation_plot=validation_figure(data.validation),
         cost=_cost_view(data.performance, budget),
         data=data,
