@@ -3,6 +3,8 @@ not otherwise; the wording per task (two experts T2V/I2V, one model TI2V-5B / Wa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from wanlora.recipes import load_recipe
@@ -14,6 +16,7 @@ from wanlora.train.verdict import (
     strengths_cause,
     training_sample_strengths,
 )
+from wanlora.tutorial.verdict_figures import verdict_figures
 
 
 def points(effect: float, steps: int, base_loss: float = 0.5, loss: float = 0.49) -> list[dict]:
@@ -162,3 +165,24 @@ def test_the_lora_is_named_by_its_phase_or_as_the_only_one(recipe, expert, name)
     verdict = expert_verdict(load_recipe(recipe), expert, points(0.05, 1800))
     assert verdict.text.startswith(f"{name} changes the prediction by 5% (clear)")
     assert "noise" not in verdict.text or name != "the LoRA"
+
+
+def test_the_tutorial_quotes_every_cause_in_the_verdicts_words():
+    """docs/tutorial.md's "Is my LoRA working?" marks each cause's wording as a figure
+    (tutorial/verdict_figures.py writes it with expert_verdict; test_docs_outputs keeps it
+    current)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tutorial.md").read_text("utf-8")
+    section = text[text.index("## Is my LoRA working?") :]
+    section = section[: section.index("\n## ", 1)]
+    figures = verdict_figures()
+    assert set(figures) == {
+        "verdict_weak_demo",
+        "verdict_steps",
+        "verdict_lr",
+        "verdict_range",
+        "verdict_strengths",
+        "verdict_held_out",
+        "verdict_no_cause",
+    }
+    for name, value in figures.items():
+        assert f"<!--fig:{name}-->{value}<!--/fig-->" in section, name
