@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from wanlora.recipes import load_recipe
+from wanlora.report.figures import panel_title
 from wanlora.train.verdict import (
     expert_verdict,
     inference_ranges,
@@ -186,3 +187,8 @@ def test_the_tutorial_quotes_every_cause_in_the_verdicts_words():
     }
     for name, value in figures.items():
         assert f"<!--fig:{name}-->{value}<!--/fig-->" in section, name
+
+
+def test_report_panels_name_experts_only_where_there_are_two():
+    assert panel_title("high", "validation", one_model=False) == "high expert: validation"
+    assert panel_title("main", "loss", one_model=True) == "loss"  # TI2V-5B: one model

@@ -118,10 +118,10 @@ def render_page(data: ReportData) -> str:
     return environment().get_template(TEMPLATE).render(
         grids=grids,
         verdict=[_verdict_view(v, experts) for v in data.verdict],
-        validation_plot=validation_figure(data.validation),
+        validation_plot=validation_figure(data.validation, one_model=experts == 1),
         cost=_cost_view(data.performance, budget),
         data=data,
-        loss_plot=loss_figure(data.logs),
+        loss_plot=loss_figure(data.logs, one_model=experts == 1),
         lr_plot=lr_figure(data.logs),
         timestep_plot=timestep_figure(data.config),
         dataset=[_dataset_view(n, row) for n, row in enumerate(data.dataset, 1)],
