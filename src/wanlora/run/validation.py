@@ -106,8 +106,15 @@ class ValidationMonitor:
         settings = config.validation
         samples = data.held_out_samples or data.samples
         seed = config.training.seed if settings.seed is None else settings.seed
+        ti2v = config.task == "ti2v-5B"  # its image-to-video half is validated too
         vset = build_validation_set(
-            samples, config.experts[expert], settings.timesteps, seed, settings.max_items
+            samples,
+            config.experts[expert],
+            settings.timesteps,
+            seed,
+            settings.max_items,
+            i2v_share=config.training.ti2v_i2v_share if ti2v else 0.0,
+            mask_first=config.training.ti2v_mask_first_frame,
         )
         self.validator = Validator(vset, device, expert_dit(project, expert, config)[1])
         self.expert, self.fresh = expert, fresh
