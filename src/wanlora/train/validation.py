@@ -21,7 +21,7 @@ One ValidationSet per expert, fixed for the whole run (and the same again after 
                the image's latent back there); an image (one latent frame) never is
 
 A point (Validator.point) runs each pair through the model exactly as a training step does
-(step.velocity_prediction: noisy = (1 - t) x + t noise, the DiT sees 1000 t + 1, text
+(as step.velocity_prediction: noisy = (1 - t) x + t noise, the DiT sees 1000 t + 1, text
 padded to 512 rows) and gives
 
     loss    the mean over pairs of each pair's MSE against noise - x, in float32
