@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from markupsafe import escape
 
 from cli_run import run_cli
 from wanlora.dataset.items import load_items
@@ -17,6 +18,7 @@ from wanlora.lora.file import read_lora_file
 from wanlora.models.registry import MODEL_FILES
 from wanlora.project_init import init_project
 from wanlora.recipes import load_project, load_recipe, merge_config, recipe_names
+from wanlora.report import build_report
 
 
 def test_the_preset_is_one_model_with_the_wan22_vae_and_says_it_is_carried_over():
@@ -98,6 +100,13 @@ def test_demo_runs_end_to_end_from_the_cli(tmp_path):
     out = " ".join(r.stdout.split())
     assert "6 generated images and 3 videos" in out and "Your LoRA:" in out
     assert "main: trained 9 steps" in out
+    # one model, no experts: the verdict says "the LoRA", and so does the report's row
+    assert "main: the LoRA changes the prediction by " in out and "noise LoRA" not in out
+    verdict = json.loads((root / "output" / "verdict.json").read_text(encoding="utf-8"))
+    page = build_report(load_project(root)).read_text(encoding="utf-8")
+    section = page[page.index('<section id="verdict">') : page.index('<section id="recipe">')]
+    assert "<td>LoRA</td>" in section and " expert</td>" not in section
+    assert str(escape(verdict["experts"]["main"]["summary"])) in section
     tensors, meta = read_lora_file(root / "output" / "WAN2.2-5B_Demo5B_v1_by-wanlora.safetensors")
     assert len(tensors) == 60 and meta["modelspec.architecture"] == "wan2.2_ti2v_5b/lora"
     r = run_cli("demo", str(root), "--recipe", "wan22-i2v-14b")

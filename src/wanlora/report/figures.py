@@ -81,7 +81,12 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def loss_figure(logs: dict[str, dict[str, Series]]) -> str | None:
+def panel_title(expert: str, what: str, one_model: bool) -> str:
+    """ "high expert: loss"; a one-model task (TI2V-5B) has no experts: "loss"."""
+    return what if one_model else f"{expert} expert: {what}"
+
+
+def loss_figure(logs: dict[str, dict[str, Series]], *, one_model: bool = False) -> str | None:
     """Loss per expert, raw and smoothed; None before anything was logged."""
     experts = [e for e, tags in logs.items() if tags.get("loss") and tags["loss"].steps]
     if not experts:
@@ -95,7 +100,7 @@ def loss_figure(logs: dict[str, dict[str, Series]]) -> str | None:
         ax.plot(
             series.steps, smooth(series.values), color=color, lw=2, label=f"smoothed ({SMOOTHING})"
         )
-        ax.set_title(f"{expert} expert: loss")
+        ax.set_title(panel_title(expert, "loss", one_model))
         ax.set_xlabel("step")
         ax.set_ylabel("MSE loss")
         ax.grid(alpha=0.3)
@@ -153,7 +158,9 @@ def timestep_figure(config: RecipeConfig, samples: int = TIMESTEP_DRAWS) -> str:
     return _figure_uri(fig)
 
 
-def validation_figure(validation: dict[str, list[ValidationPoint]]) -> str | None:
+def validation_figure(
+    validation: dict[str, list[ValidationPoint]], *, one_model: bool = False
+) -> str | None:
     """Per expert: validation loss (left axis, the base model at step 0 marked) and the
     LoRA's effect on the prediction in % (right axis); None without a validation log."""
     experts = [e for e, points in validation.items() if points]
@@ -169,7 +176,7 @@ def validation_figure(validation: dict[str, list[ValidationPoint]]) -> str | Non
         base = [p for p in points if p.step == 0]
         if base:
             ax.axhline(base[0].loss, color="#868e96", ls=":", lw=1, label="base model")
-        ax.set_title(f"{expert} expert: validation")
+        ax.set_title(panel_title(expert, "validation", one_model))
         ax.set_xlabel("step")
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)

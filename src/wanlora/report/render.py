@@ -84,7 +84,7 @@ class GridView:
 
 @dataclass
 class VerdictView:
-    expert: str
+    label: str  # "high expert"; "LoRA" for a one-model task (TI2V-5B)
     level: str
     effect: str
     text: str
@@ -114,13 +114,14 @@ def render_page(data: ReportData) -> str:
     budget = MediaBudget()
     grids = [_grid_view(grid, budget) for grid in data.grids]
     samples = _samples_view(data.samples, budget)  # before the cost line counts the media
+    experts = len(data.config.experts)
     return environment().get_template(TEMPLATE).render(
         grids=grids,
-        verdict=[_verdict_view(v) for v in data.verdict],
-        validation_plot=validation_figure(data.validation),
+        verdict=[_verdict_view(v, experts) for v in data.verdict],
+        validation_plot=validation_figure(data.validation, one_model=experts == 1),
         cost=_cost_view(data.performance, budget),
         data=data,
-        loss_plot=loss_figure(data.logs),
+        loss_plot=loss_figure(data.logs, one_model=experts == 1),
         lr_plot=lr_figure(data.logs),
         timestep_plot=timestep_figure(data.config),
         dataset=[_dataset_view(n, row) for n, row in enumerate(data.dataset, 1)],
@@ -208,9 +209,11 @@ def _cell(sample: SampleFile, budget: MediaBudget) -> Cell | None:
     return Cell(still, video, sample.path.name, caption)
 
 
-def _verdict_view(v: ExpertVerdict) -> VerdictView:
+def _verdict_view(v: ExpertVerdict, experts: int) -> VerdictView:
+    """One row of the verdict: the summary, its causes listed under it."""
     level = v.level if v.level in ("none", "weak", "clear") else "unknown"
-    return VerdictView(v.expert, level, f"{100 * v.effect:.2f}%", v.text, v.causes)
+    label = f"{v.expert} expert" if experts > 1 else "LoRA"
+    return VerdictView(label, level, f"{100 * v.effect:.2f}%", v.summary, v.causes)
 
 
 def _cost_view(performance: list[ExpertPerformance], budget: MediaBudget) -> CostView:

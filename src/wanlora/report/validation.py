@@ -4,7 +4,9 @@
                                             "epoch", "loss", "effect", "timesteps", "items",
                                             "seconds"}; step 0 is the base model (effect 0)
     output/verdict.json                     {"experts": {"<expert>": {"effect", "level":
-                                            "none" | "weak" | "clear", "text", "causes"}}}
+                                            "none" | "weak" | "clear", "text", "summary",
+                                            "causes"}}}: `summary` is `text` without
+                                            its causes (older verdicts lack it)
 
 Both are optional: without them the report leaves their parts out.
 """
@@ -33,6 +35,7 @@ class ExpertVerdict:
     level: str  # "none" | "weak" | "clear"
     text: str
     causes: list[str]
+    summary: str  # the text without the causes (the text itself when the file lacks it)
 
 
 def read_validation(path: Path) -> list[ValidationPoint]:
@@ -69,6 +72,7 @@ def read_verdict(path: Path) -> list[ExpertVerdict]:
                 level=str(v.get("level", "")),
                 text=str(v.get("text", "")),
                 causes=[str(c) for c in v.get("causes", [])],
+                summary=str(v.get("summary") or v.get("text", "")),
             )
             for name, v in experts.items()
         ]

@@ -9,7 +9,10 @@
                        and TensorBoard (validation/loss, validation/effect,
                        perf/validation_seconds); the first point is step 0, the base model
     write_verdict      after training: each expert's verdict (wanlora.train.verdict) from
-                       its validation log into output/verdict.json
+                       its validation log and the project's settings (the [sample]
+                       strengths of the samples during training among them) into
+                       output/verdict.json; every caller (training.py, launch.py) gets
+                       the same causes, as nothing but the project is passed
     verdict_lines      what `wanlora train` prints at the end
 
 The cadence: every `[validation] every_n_epochs` epochs (unset: about ten points a run,
@@ -35,7 +38,7 @@ from ..train.callbacks import StepReport
 from ..train.data import TrainingData
 from ..train.setup import expert_dit
 from ..train.validation import Validator, build_validation_set
-from ..train.verdict import expert_verdict
+from ..train.verdict import expert_verdict, training_sample_strengths
 from .callbacks import summary_writer
 
 
@@ -103,8 +106,15 @@ class ValidationMonitor:
         settings = config.validation
         samples = data.held_out_samples or data.samples
         seed = config.training.seed if settings.seed is None else settings.seed
+        ti2v = config.task == "ti2v-5B"  # its image-to-video half is validated too
         vset = build_validation_set(
-            samples, config.experts[expert], settings.timesteps, seed, settings.max_items
+            samples,
+            config.experts[expert],
+            settings.timesteps,
+            seed,
+            settings.max_items,
+            i2v_share=config.training.ti2v_i2v_share if ti2v else 0.0,
+            mask_first=config.training.ti2v_mask_first_frame,
         )
         self.validator = Validator(vset, device, expert_dit(project, expert, config)[1])
         self.expert, self.fresh = expert, fresh
@@ -178,10 +188,11 @@ class ValidationMonitor:
         self._writer = None
 
 
-def write_verdict(project: Project, sample_strengths: list[float] | None = None) -> dict | None:
+def write_verdict(project: Project) -> dict | None:
     """Each expert's verdict from its validation log into output/verdict.json; returns it
     (None, and an old verdict.json removed, when no expert has a trained point)."""
     layout = OutputLayout.of(project)
+    sample_strengths = training_sample_strengths(project.config)
     experts = {}
     for name in project.config.experts:
         points = read_points(layout.validation_log(name))

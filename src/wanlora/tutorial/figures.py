@@ -19,6 +19,7 @@ from ..models.download import human_bytes, referenced_models
 from ..models.registry import MODEL_FILES
 from ..recipes import load_recipe
 from ..train.speed.memory_plan import WAN_14B
+from .verdict_figures import verdict_figures
 
 
 @dataclass(frozen=True)
@@ -87,4 +88,5 @@ def tutorial_figures() -> dict[str, str]:
     figures["dit_size"] = human_bytes(dit.approx_bytes)
     # what `wanlora doctor` prints: the smallest plan (every block streamed) plus its margin
     figures["doctor_need"] = f"~{human_bytes(smallest_need(config, WAN_14B))}"
+    figures.update(verdict_figures())  # the verdict's own words
     return figures
