@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wanlora.dataset.clips import FrameSettings
 from wanlora.dataset.sources import longest_clip_frames
 from wanlora.demo_ti2v import create_ti2v_demo_project
 from wanlora.doctor import planned_frames
@@ -173,3 +174,9 @@ def test_doctor_plans_the_ti2v_demo_for_its_longest_clip(tmp_path):
     assert plan.predicted_peak == expected
     images_only = plan_for(config, shape, free_bytes=None, frames=1)
     assert images_only.tokens == 4 and images_only.predicted_peak < expected
+
+
+def test_the_longest_clip_follows_the_frame_settings():
+    assert FrameSettings().longest == 1  # images only
+    assert FrameSettings(target_frames=(1, 33, 47)).longest == 45  # 4n+1
+    assert FrameSettings(frame_extraction="full", max_frames=130).longest == 129
