@@ -292,6 +292,7 @@ def run_variant(
     from wanlora.train.speed.cuda_graph import why_not_graphed
     from wanlora.train.speed.memory_plan import DitShape, plan_speed
     from wanlora.train.speed.prepare import prepare_base, prepare_for_speed
+    from wanlora.train.ti2v import uses_per_token_timesteps
 
     spec = VARIANTS[name]
     if "swap_budget" in spec:  # block swap: builds, caps and times itself
@@ -321,10 +322,21 @@ def run_variant(
         update["text_fold"] = spec.get("text_fold", "on")
         training = recipe.training.model_copy(update=dict(update, max_vram_gb=max_vram_gb))
         plan_training = training
+        channels = cfg.get("channels", 16)
         shape = DitShape.wan(
-            cfg["dim"], cfg["ffn_dim"], cfg["num_layers"], cfg["text_dim"], cfg["freq_dim"]
+            cfg["dim"],
+            cfg["ffn_dim"],
+            cfg["num_layers"],
+            cfg["text_dim"],
+            cfg["freq_dim"],
+            in_channels=cfg.get("in_channels", channels),
+            out_channels=channels,
         )
-        plan = plan_speed(training, device, dtype, tokens=tokens, shape=shape, rank=16)
+        # TI2V clips: the step may pass per-token timesteps (an image-to-video item)
+        per_token = uses_per_token_timesteps(recipe, latent_shape(cfg, frames)[1])
+        plan = plan_speed(
+            training, device, dtype, tokens=tokens, shape=shape, rank=16, per_token=per_token
+        )
         if spec.get("transposed") is False:
             plan = dataclasses.replace(plan, fp8_transposed=False)
         model = build_random_dit(cfg, device, plan.load_dtype)
@@ -418,7 +430,9 @@ def _steps(
     cuda = device.type == "cuda"
     times, losses = [], []
     for step in range(warmup + steps):
-        if cuda and step == warmup:
+        # a graphed step's working memory is allocated once, at capture (in the warm-up), and
+        # replays allocate nothing: a peak reset after the warm-up would show only the weights
+        if cuda and step == warmup and graphed is None:
             torch.cuda.reset_peak_memory_stats(device)
         if cuda:
             torch.cuda.synchronize(device)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
-
 from cli_run import run_cli
-from make_outputs_module import load_make_outputs
+from demo_output import assert_the_tutorial_shows_this_run
 from wanlora.dataset.lint import check_dataset
 from wanlora.demo import create_demo_project
 from wanlora.lora.file import read_lora_file
@@ -36,36 +34,3 @@ def test_demo_runs_end_to_end_and_describes_the_loras(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "already trained" in r.stdout
 
-
-def assert_the_tutorial_shows_this_run(r, folder) -> None:
-    """docs/tutorial.md's demo output is this run's, but for timings, losses and step counts
-    (this run has 1 epoch, the tutorial's 3): the log lines (stderr) and the rest (stdout)
-    each in the same order."""
-    make_outputs = load_make_outputs()
-    text = make_outputs.DOCS[0].read_text(encoding="utf-8")
-    (shown,) = [p.body for p in make_outputs.marked(text) if p.key == "wanlora demo wanlora-demo"]
-    where = str(folder.resolve())
-    stdout = make_outputs.relative_paths(r.stdout, where)
-    stderr = make_outputs.relative_paths(r.stderr, where)
-    logged = ("INFO ", "WARNING ")
-    lines = shown.splitlines()
-    want_log = [line for line in lines if line.startswith(logged)]
-    want_out = [line for line in lines if not line.startswith(logged)]
-    fix = "regenerate it with `python3 docs/make_outputs.py`"
-    # the verdict's words follow the run's length (weak after 1 epoch, clear after 3): its
-    # line is checked for its shape only
-    verdict = re.compile(r"^(high|low): \w+-noise LoRA changes the prediction by [\d.]+% \(\w+\)")
-
-    def same_shape(text: str) -> str:
-        return "\n".join(
-            verdict.match(line).group(0).split(" by ")[0] if verdict.match(line) else line
-            for line in text.splitlines()
-        )
-
-    got_out = make_outputs.comparable(same_shape(stdout))
-    assert make_outputs.comparable(same_shape("\n".join(want_out))) == got_out, (
-        f"docs/tutorial.md's demo output is stale; {fix}:\n{stdout}"
-    )
-    assert make_outputs.comparable("\n".join(want_log)) == make_outputs.comparable(stderr), (
-        f"docs/tutorial.md's demo log lines are stale; {fix}:\n{stderr}"
-    )

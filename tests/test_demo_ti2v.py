@@ -9,6 +9,7 @@ import pytest
 from markupsafe import escape
 
 from cli_run import run_cli
+from demo_output import TI2V_DEMO, assert_the_tutorial_shows_this_run
 from wanlora.dataset.items import load_items
 from wanlora.dataset.lint import check_dataset
 from wanlora.demo_ti2v import create_ti2v_demo_project
@@ -97,6 +98,7 @@ def test_demo_runs_end_to_end_from_the_cli(tmp_path):
     root = tmp_path / "wanlora-demo-5b"
     r = run_cli("demo", str(root), "--recipe", "wan22-ti2v-5b", "--epochs", "1")
     assert r.returncode == 0, r.stderr
+    assert_the_tutorial_shows_this_run(r, tmp_path, TI2V_DEMO)
     out = " ".join(r.stdout.split())
     assert "6 generated images and 3 videos" in out and "Your LoRA:" in out
     assert "main: trained 9 steps" in out

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from demo_output import I2V_DEMO, T2V_DEMO, TI2V_DEMO
 from make_outputs_module import load_make_outputs
 from wanlora.tutorial.figures import MEASURED, tutorial_figures
 from wanlora.tutorial.markers import MarkerError, marked, rewrite
@@ -127,3 +128,11 @@ def test_the_tutorial_has_the_sections_a_new_user_asked_for():
     assert "ssh -L 6006:localhost:6006" in text  # TensorBoard over an ssh tunnel
     samples = _section(text, "[sample] every_n_epochs")
     assert "every_n_epochs = 10" in samples and "output/samples/" in samples
+
+
+def test_every_demo_output_is_marked():
+    """Each demo's run in the tutorial is generated (make_outputs) and checked against a real
+    run of that demo (tests/demo_output.py)."""
+    parts = marked(make_outputs.DOCS[0].read_text(encoding="utf-8"))
+    outputs = {p.key for p in parts if p.kind == "output"}
+    assert {T2V_DEMO, I2V_DEMO, TI2V_DEMO} <= outputs

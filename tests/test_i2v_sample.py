@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cli_run import run_cli
+from demo_output import I2V_DEMO, assert_the_tutorial_shows_this_run
 from video_files import write_h264
 from wanlora.demo_i2v import I2V_START_IMAGE, create_i2v_demo_project
 from wanlora.errors import WanloraError
@@ -92,9 +93,10 @@ def test_the_first_frame_is_required_and_only_for_i2v(demo, tmp_path):
 
 
 def test_demo_i2v_runs_end_to_end_then_samples_from_the_cli(tmp_path):
-    root = tmp_path / "demo-i2v"
+    root = tmp_path / "wanlora-demo-i2v"  # the tutorial's name: its output block is this run's
     r = run_cli("demo", str(root), "--recipe", "wan22-i2v", "--epochs", "1", timeout=900)
     assert r.returncode == 0, r.stderr
+    assert_the_tutorial_shows_this_run(r, tmp_path, I2V_DEMO)
     out = " ".join(r.stdout.split())
     assert "4 generated videos" in out and "Your two LoRAs" in out
     # the tutorial's log line (the log goes to stderr when piped)

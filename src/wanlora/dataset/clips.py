@@ -74,6 +74,11 @@ class FrameSettings:
         return round_target_frames(self.target_frames)
 
     @property
+    def longest(self) -> int:
+        """The longest clip these settings cut, in frames (a video may give shorter ones)."""
+        return round_frames(self.max_frames) if self.extraction == "full" else max(self.targets)
+
+    @property
     def extraction(self) -> str:
         """The mode really used: uniform with frame_sample 1 is head, as in musubi."""
         if self.frame_extraction == "uniform" and self.frame_sample == 1:

@@ -65,6 +65,12 @@ def dataset_sources(project: Project) -> DatasetSources:
     )
 
 
+def longest_clip_frames(project: Project) -> int:
+    """The longest clip in frames the project's video datasets may give (1: images only), for
+    memory planning. Raises WanloraError on a bad dataset.toml."""
+    return max((video.frames.longest for video in dataset_sources(project).videos), default=1)
+
+
 def project_dataset_toml_text(project: Project) -> str:
     """The dataset.toml musubi-tuner needs to train `project` (absolute paths, recipe layout).
 

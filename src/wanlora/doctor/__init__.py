@@ -10,7 +10,9 @@ Rules, stated once here:
   must hold each of its files; a path that is not a registry id only has to exist.
 - GPU memory: `estimate_vram_bytes` (the smallest speed plan's predicted peak plus the
   planner's margin; the memory model is wanlora.train.speed.memory_plan's, the one training uses)
-  against the GPU's free memory: below it FAIL, below ESTIMATE_HEADROOM x it warn.
+  against the GPU's free memory: below it FAIL, below ESTIMATE_HEADROOM x it warn. Both this
+  and the speed plan are for the longest clip the dataset settings cut (`planned_frames`;
+  TI2V-5B clips with per-token timesteps), at the dataset resolution and batch size.
 - Speed plan: the plan `wanlora train` will make (`plan_speed`: storage, recomputed blocks,
   compile, predicted peak; CUDA-graphed steps or why not, for one process) for
   training.max_vram_gb, else the GPU's free memory; FAIL when even the smallest plan does
@@ -27,6 +29,8 @@ Rules, stated once here:
 
 from __future__ import annotations
 
+from ..dataset.sources import longest_clip_frames
+from ..errors import WanloraError
 from ..recipes.project import Project
 from .machine import (
     check_attention,
@@ -78,10 +82,20 @@ def run_doctor(project: Project | None) -> DoctorReport:
     dits = dit_sizes(project)
     biggest = max(dits, key=lambda d: d[1], default=None)
     shape = dit_shape(*biggest) if biggest else None
-    need = smallest_need(project.config, shape) if shape else None
+    frames = planned_frames(project)
+    need = smallest_need(project.config, shape, frames) if shape else None
     check_gpu(report, need, [size for _, size in dits])
     check_devices(report, project)
     if shape is not None:
-        check_plan(report, project.config, shape, max(size for _, size in dits))
+        check_plan(report, project.config, shape, max(size for _, size in dits), frames)
     check_disk(report, project)
     return report
+
+
+def planned_frames(project: Project) -> int:
+    """The longest clip training plans memory for (1 when the dataset.toml is bad: `wanlora
+    check` reports that)."""
+    try:
+        return longest_clip_frames(project)
+    except WanloraError:
+        return 1

@@ -8,14 +8,9 @@ import torch
 
 from ..models.download import human_bytes
 from ..recipes.schema import RecipeConfig
+from ..train.setup import plan_tokens
 from ..train.speed.cuda_graph import why_not_graphed
-from ..train.speed.memory_plan import (
-    WAN_14B,
-    DitShape,
-    GiB,
-    min_budget_bytes,
-    tokens_for_resolution,
-)
+from ..train.speed.memory_plan import WAN_14B, DitShape, GiB, min_budget_bytes
 from ..train.speed.swap_plan import plan_with_swap
 from .report import CPU_MAX_DIT_BYTES, ESTIMATE_HEADROOM, DoctorReport
 
@@ -53,11 +48,12 @@ def _dtype(config: RecipeConfig):
     )
 
 
-def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str = "cuda"):
-    """The plan `wanlora train` makes for this config (train/setup.speed_plan: storage,
-    recompute, compile, blocks streamed from host memory)."""
-    resolution, step = config.dataset.resolution, config.size_step  # 32 for TI2V-5B
-    tokens = tokens_for_resolution(resolution, step=step) * config.dataset.batch_size
+def plan_for(
+    config: RecipeConfig, shape, *, free_bytes: int | None, device: str = "cuda", frames: int = 1
+):
+    """The plan `wanlora train` makes for this config and its longest clip of `frames`
+    (train/setup.speed_plan: storage, recompute, compile, blocks streamed from host memory)."""
+    tokens, per_token = plan_tokens(config, frames)
     return plan_with_swap(
         config.training,
         torch.device(device),
@@ -66,6 +62,7 @@ def plan_for(config: RecipeConfig, shape, *, free_bytes: int | None, device: str
         shape=shape,
         free_bytes=free_bytes,
         rank=config.lora.network_dim,
+        per_token=per_token,
     )
 
 
@@ -82,11 +79,11 @@ def graph_text(config: RecipeConfig, plan) -> str:
     return "CUDA-graphed steps" if reason is None else f"no CUDA graph ({reason})"
 
 
-def smallest_need(config: RecipeConfig, shape) -> int:
+def smallest_need(config: RecipeConfig, shape, frames: int = 1) -> int:
     """GPU memory the smallest allowed plan needs: its predicted peak plus the margin."""
     unbudgeted = config.model_copy(deep=True)
     unbudgeted.training.max_vram_gb = None
-    plan = plan_for(unbudgeted, shape, free_bytes=1)  # nothing fits 1 byte: the smallest plan
+    plan = plan_for(unbudgeted, shape, free_bytes=1, frames=frames)  # nothing fits 1 byte: the smallest plan
     return min_budget_bytes(plan.predicted_peak)
 
 
@@ -102,17 +99,20 @@ def estimate_vram_bytes(config: RecipeConfig, params: float) -> int:
     return smallest_need(config, dit_shape(Path("unknown.safetensors"), int(params * 2)))
 
 
-def check_plan(report: DoctorReport, config: RecipeConfig, shape, dit_bytes: int) -> None:
-    """One row: the speed plan training will use, and whether it fits its memory budget."""
+def check_plan(
+    report: DoctorReport, config: RecipeConfig, shape, dit_bytes: int, frames: int = 1
+) -> None:
+    """One row: the speed plan training will use for its longest clip of `frames`, and
+    whether it fits its memory budget."""
 
     budget = config.training.max_vram_gb
     cuda = torch.cuda.is_available()
     if not cuda and budget is None:
         if dit_bytes < CPU_MAX_DIT_BYTES:
-            plan = plan_for(config, shape, free_bytes=None, device="cpu")
+            plan = plan_for(config, shape, free_bytes=None, device="cpu", frames=frames)
             report.add("speed plan", "ok", f"CPU: {plan.describe()}")
             return
-        plan = plan_for(config, shape, free_bytes=1)
+        plan = plan_for(config, shape, free_bytes=1, frames=frames)
         report.add(
             "speed plan",
             "warn",
@@ -122,7 +122,7 @@ def check_plan(report: DoctorReport, config: RecipeConfig, shape, dit_bytes: int
         )
         return
     free = torch.cuda.mem_get_info()[0] if cuda else None
-    plan = plan_for(config, shape, free_bytes=free)
+    plan = plan_for(config, shape, free_bytes=free, frames=frames)
     source = "training.max_vram_gb" if budget is not None else "free GPU memory"
     detail = f"{plan.describe()}, {graph_text(config, plan)} ({source})"
     if not plan.fits:

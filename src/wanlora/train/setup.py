@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 
 from .. import faults
+from ..dataset.clips import VAE_FRAME_STRIDE
+from ..dataset.sources import longest_clip_frames
 from ..errors import WanloraError
 from ..lora.inject import add_lora, load_lora_state_dict, lora_parameters
 from ..models.dit import infer_dit_info, load_dit
@@ -27,6 +29,7 @@ from ..models.precision import compute_dtype, grad_scaler
 from ..models.registry import resolve_model_path
 from ..recipes import Project
 from ..recipes.schema import OptimizerSettings, RecipeConfig
+from . import ti2v
 from .failures import out_of_memory
 from .speed.block_swap import install_block_swap
 from .speed.cuda_graph import GraphedStep, set_capturable, why_not_graphed
@@ -44,7 +47,7 @@ def load_expert_model(
 ) -> tuple[torch.nn.Module, torch.dtype]:
     """The expert's DiT with its LoRA, in train mode, and the dtype it computes in."""
     dit_path, dtype = expert_dit(project, expert, config)
-    plan = speed_plan(config, device, dtype, dit_path)
+    plan = speed_plan(config, device, dtype, dit_path, longest_clip_frames(project))
     check_plan_fits(plan, config.training.max_vram_gb, expert)
     # streamed blocks never go to the GPU whole: the model is built on the CPU (the file is
     # mmapped, so only the fp8 copies take host memory) and the swap moves the rest over
@@ -83,23 +86,38 @@ def expert_dit(project: Project, expert: str, config: RecipeConfig) -> tuple[Pat
     return dit_path, dtype
 
 
+def plan_tokens(config: RecipeConfig, frames: int = 1) -> tuple[int, bool]:
+    """The memory plan's micro-batch: its DiT tokens (batch_size clips of `frames` frames at
+    the dataset resolution), and whether it may pass per-token timesteps (TI2V-5B)."""
+    latent_frames = 1 + (frames - 1) // VAE_FRAME_STRIDE
+    resolution, step = config.dataset.resolution, config.size_step
+    tokens = tokens_for_resolution(resolution, latent_frames, step) * config.dataset.batch_size
+    return tokens, ti2v.uses_per_token_timesteps(config, latent_frames)
+
+
 def speed_plan(
-    config: RecipeConfig, device: torch.device, dtype: torch.dtype, dit_path: Path
+    config: RecipeConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    dit_path: Path,
+    frames: int = 1,
 ) -> SwapPlan:
     """fp8 storage of the block linears, recompute policy, compiled blocks, and (below what
     the resident weights need) blocks streamed from pinned host memory (speed/). The
     defaults keep the reference's numerics, training.speed = "fast" does not. The memory
     budget (training.max_vram_gb, else the card's free memory now: the cache step has freed
-    the VAE and text encoder) picks storage, recompute count and streamed blocks."""
+    the VAE and text encoder) picks storage, recompute count and streamed blocks, for the
+    longest clip (`frames`: longest_clip_frames) at the dataset resolution."""
     shape = DitShape.from_header(dit_path)
+    tokens, per_token = plan_tokens(config, frames)
     return plan_with_swap(
         config.training,
         device,
         dtype,
-        tokens=tokens_for_resolution(config.dataset.resolution, step=config.size_step)
-        * config.dataset.batch_size,
+        tokens=tokens,
         shape=shape,
         rank=config.lora.network_dim,
+        per_token=per_token,
     )
 
 

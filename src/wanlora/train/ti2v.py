@@ -79,6 +79,12 @@ def image_to_video_items(coins: torch.Tensor, latent_frames: int, share: float) 
     return coins < share
 
 
+def uses_per_token_timesteps(config: RecipeConfig, latent_frames: int) -> bool:
+    """Whether a batch of `latent_frames` may pass per-token timesteps (an image-to-video
+    item): TI2V-5B clips of 2+ latent frames with a nonzero image-to-video share."""
+    return config.task == "ti2v-5B" and latent_frames >= 2 and config.training.ti2v_i2v_share > 0
+
+
 def token_timesteps(
     timestep: torch.Tensor, clean_first: torch.Tensor, latent_shape: tuple[int, int, int]
 ) -> torch.Tensor:

@@ -4,6 +4,7 @@ Chosen by `training.speed`, `training.compile`, `training.checkpointing`,
 `training.fp8_storage`, `training.text_fold`, `training.cuda_graph` and the memory budget (recipes/schema.py):
 
 - memory_plan: the memory model and `plan_speed` (storage, recompute count, compile)
+- token_memory: what per-token timesteps (TI2V-5B) and latent channels other than 16 / 16 add
 - fp8_linear: fp8 weight storage (exact) and the opt-in fp8 products (`speed = "fast"`)
 - checkpointing: which blocks recompute in backward
 - compile: compiled transformer blocks

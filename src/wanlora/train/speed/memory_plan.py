@@ -5,7 +5,8 @@ free memory): `plan_speed` picks the storage (16-bit or fp8 copies of the fp8 va
 fp8_linear.py) and the number of recomputed blocks (checkpointing.py) from ONE memory model
 (`predict_peak_bytes`, calibrated on the H100 measurements in benchmarks/RESULTS.md) so the
 predicted peak stays under the budget minus a margin. `wanlora doctor` reports the same plan.
-Below what the resident weights need, blocks stream from pinned host memory (swap_plan.py,
+Per-token timesteps (TI2V-5B image-to-video batches) and latent channels other than T2V's
+16 / 16 add what token_memory.py counts. Below what the resident weights need, blocks stream from pinned host memory (swap_plan.py,
 block_swap.py); the 14B recipe at 960x960 fits 24 GiB without it. The plan also carries the compile choice (compile.py); the
 defaults keep the recipe's numerics, `training.speed = "fast"` does not.
 """
@@ -22,8 +23,9 @@ import torch
 
 from ...device_memory import available_bytes
 from ...models.dit import FLOAT32_TENSOR_PREFIXES, infer_dit_info
-from ...models.files import read_safetensors_header, strip_comfy_prefix
+from ...models.files import DIT_TASKS, read_safetensors_header, strip_comfy_prefix
 from .fp8_linear import E4M3
+from .token_memory import latent_channel_bytes, per_token_modulation_bytes
 
 GiB = 2**30
 # Activation memory of one transformer block kept for backward (no recompute), bytes per
@@ -63,17 +65,33 @@ class DitShape:
     linear_weights: int  # the block linears (LoRA targets): fp8 or 16-bit storage
     other16_weights: int  # everything else held in the compute dtype
     float32_weights: int  # the time path (kept in float32)
+    in_channels: int = 16  # latent channels in: 16 T2V, 36 I2V-A14B, 48 TI2V-5B
+    out_channels: int = 16  # and out: 16, 16, 48
 
     @classmethod
     def wan(
-        cls, dim: int, ffn_dim: int, num_layers: int, text_dim: int = 4096, freq_dim: int = 256
+        cls,
+        dim: int,
+        ffn_dim: int,
+        num_layers: int,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        in_channels: int = 16,
+        out_channels: int = 16,
     ):
-        """Exact counts for diffusers' WanTransformer3DModel (T2V, patch 1x2x2, 16 channels)."""
+        """Exact counts for diffusers' WanTransformer3DModel (patch 1x2x2)."""
         linear = num_layers * (8 * dim * dim + 2 * dim * ffn_dim)
         time32 = freq_dim * dim + dim + dim * dim + dim + 6 * dim * dim + 6 * dim
-        other = 65 * dim + text_dim * dim + dim + dim * dim + dim + 64 * dim + 64 + 2 * dim
+        patch = 4 * in_channels * dim + dim  # the patch embedding (a 1x2x2 convolution)
+        head = 4 * out_channels * dim + 4 * out_channels
+        other = patch + text_dim * dim + dim + dim * dim + dim + head + 2 * dim
         other += num_layers * (21 * dim + ffn_dim)
-        return cls(dim, ffn_dim, num_layers, linear, other, time32)
+        return cls(dim, ffn_dim, num_layers, linear, other, time32, in_channels, out_channels)
+
+    @property
+    def task(self) -> str | None:
+        """The DiT task its channels say ("t2v", "i2v", "ti2v"), None if none."""
+        return DIT_TASKS.get((self.in_channels, self.out_channels))
 
     @classmethod
     def from_header(cls, path: str | Path) -> DitShape:
@@ -89,7 +107,16 @@ class DitShape:
                 time32 += count
             else:
                 other += count
-        return cls(info.dim, info.ffn_dim, info.num_layers, linear, other, time32)
+        return cls(
+            info.dim,
+            info.ffn_dim,
+            info.num_layers,
+            linear,
+            other,
+            time32,
+            info.in_channels,
+            info.out_channels,
+        )
 
     @property
     def weight_count(self) -> int:
@@ -123,6 +150,7 @@ def predict_peak_bytes(
     rank: int = 16,
     weight_bytes: int = 2,
     transposed: bool = False,
+    per_token: bool = False,
 ) -> int:
     """Predicted peak of torch.cuda.max_memory_allocated for a training step (bytes).
 
@@ -133,6 +161,9 @@ def predict_peak_bytes(
     (benchmarks/RESULTS.md): exact-lowmem 17.7 GiB measured (17.6 predicted), exact 57.0
     measured (58.0 predicted), 36/40 recomputed with fp8 storage 21.4 measured (21.5), fast
     44.1 (44.9), fast with transposed copies 57.2 (58.0).
+    `per_token`: the step passes per-token timesteps (TI2V-5B with an image-to-video item),
+    whose modulations the kept and rebuilt blocks hold (token_memory.py); latent channels
+    other than 16 / 16 (the shape's) add their inputs and targets.
     """
     recompute = min(max(recompute, 0), shape.num_layers)
     kept = shape.num_layers - recompute
@@ -143,6 +174,11 @@ def predict_peak_bytes(
     activations += recompute * tokens * shape.dim * CKPT_INPUT_BYTES_PER_TOKEN_DIM
     if recompute:
         activations += block  # the block being rebuilt in backward
+    if per_token:
+        activations += per_token_modulation_bytes(
+            shape.dim, tokens, kept=kept, rebuilt=recompute > 0, compiled=compiled
+        )
+    activations += latent_channel_bytes(shape.in_channels, shape.out_channels, tokens)
     lora = shape.lora_params(rank) * LORA_STATE_BYTES
     return int(weights + lora + activations + TRANSIENT_BYTES)
 
@@ -243,11 +279,13 @@ def plan_storage_and_recompute(
     shape: DitShape | None = None,
     free_bytes: int | None = None,
     rank: int = 16,
+    per_token: bool = False,
 ) -> SpeedPlan:
     """Resolve the "auto" settings of `training` (a TrainingSettings) for this device.
 
     With the DiT's `shape` and `tokens` (per micro-batch) the storage and the number of
-    recomputed blocks come from `predict_peak_bytes` (LoRA `rank`) against the budget:
+    recomputed blocks come from `predict_peak_bytes` (LoRA `rank`, `per_token` timesteps)
+    against the budget:
     `training.max_vram_gb`, else `free_bytes`, else the card's free memory now. Among the
     allowed (storage, recompute) pairs that fit the budget's usable part, the fewest
     recomputed blocks wins, then 16-bit storage (no per-use upcast). If none fits, the
@@ -306,6 +344,7 @@ def plan_storage_and_recompute(
             rank=rank,
             weight_bytes=weight_bytes,
             transposed=transposed,
+            per_token=per_token,
         )
 
     choice = None

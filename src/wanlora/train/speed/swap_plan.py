@@ -118,6 +118,7 @@ def swap_peak_bytes(
     rank: int = 16,
     weight_bytes: int = 2,
     ring: int = SWAP_RING,
+    per_token: bool = False,
 ) -> int:
     """Predicted GPU peak with `swapped` blocks streamed and every block recomputed (bytes)."""
     peak = predict_peak_bytes(
@@ -128,6 +129,7 @@ def swap_peak_bytes(
         compiled=compiled,
         rank=rank,
         weight_bytes=weight_bytes,
+        per_token=per_token,
     )
     swapped = min(max(swapped, 0), shape.num_layers)
     saved = swapped - min(ring, swapped)  # the ring holds `ring` blocks' weights
@@ -156,6 +158,7 @@ def plan_with_swap(
     rank: int = 16,
     ring: int = SWAP_RING,
     blocks_to_swap: int | None = None,
+    per_token: bool = False,
 ) -> SwapPlan:
     """`plan_speed`, then the fewest streamed blocks that bring its peak under the budget.
 
@@ -164,6 +167,7 @@ def plan_with_swap(
     ring itself holds `ring` blocks); none fitting gives all n streamed with fits=False.
     `blocks_to_swap`: exactly that many instead (benchmarks; the reference's --blocks_to_swap).
     Swapping needs recompute: with training.checkpointing = "none" nothing is streamed.
+    `per_token`: the step passes per-token timesteps (predict_peak_bytes).
     """
     base = plan_speed(
         training,
@@ -173,6 +177,7 @@ def plan_with_swap(
         shape=shape,
         free_bytes=free_bytes,
         rank=rank,
+        per_token=per_token,
     )
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(SpeedPlan)}
     n = shape.num_layers
@@ -195,6 +200,7 @@ def plan_with_swap(
             rank=rank,
             weight_bytes=weight_bytes,
             ring=ring,
+            per_token=per_token,
         )
 
     if blocks_to_swap is not None:
