@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cli_run import run_cli
 from wanlora.cache.build import build_cache, load_cached_tensors, model_paths
 from wanlora.cache.placement import (
     ENCODE_MARGIN_BYTES,
@@ -138,3 +139,13 @@ def test_sample_prompts_follow_the_same_rule(project, caplog):
     on_cpu = encode_prompts(project, prompts, CPU)
     assert all(torch.equal(a, b) for a, b in zip(fell_back, on_cpu, strict=True))
     assert place_model(model_paths(project)["text_encoder"], torch.bfloat16, CPU, 0.5).device == CPU
+
+
+def test_cli_cache_with_max_vram_encodes_on_the_cpu(project):
+    """`wanlora cache --device cuda --max-vram 0.5` on this CPU machine: the cap alone sends
+    both models to the CPU (no CUDA call), and the line says so."""
+    shutil.rmtree(project.cache_dir, ignore_errors=True)
+    done = run_cli("cache", str(project.root), "--device", "cuda", "--max-vram", "0.5")
+    assert done.returncode == 0, done.stderr
+    assert "encoding 18 captions on the CPU (slower)" in done.stderr
+    assert "text 18 computed" in done.stdout
