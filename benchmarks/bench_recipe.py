@@ -9,7 +9,8 @@ captioned images at 960x960. The project is the wan22-t2v recipe with fewer epoc
 epoch-end sample (its default 30 steps at 960x960) at the last epoch.
 
 Then runs, each as a user's shell would, timing every output line:
-    wanlora cache DIR                    caching: umT5 + VAE over the 18 images
+    wanlora cache DIR [--max-vram N]     caching: umT5 + VAE over the 18 images (umT5 on
+                                         the CPU where it does not fit N GiB)
     wanlora train DIR --restart --overwrite [--max-vram N] [--expert E]
 and reads the run's TensorBoard logs (per-step wall times, sample seconds) to split the
 train command into phases per expert: load (file -> GPU, plan, LoRA), compile + warm-up +
@@ -274,10 +275,11 @@ def measure(
     progress: Progress,
 ) -> dict:  # fmt: skip
     env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
-    cache_s, _ = run_timed(["cache", str(root), "--device", device], out / "cache.log", env)
+    vram = ["--max-vram", str(max_vram)] if max_vram else []  # the card's size, for both
+    cache_s, _ = run_timed(["cache", str(root), "--device", device, *vram], out / "cache.log", env)
     progress.phase("cache_command_s", round(cache_s, 1))
     args = ["train", str(root), "--restart", "--overwrite", "--device", device]
-    args += ["--max-vram", str(max_vram)] if max_vram else []
+    args += vram
     for expert in only or []:
         args += ["--expert", expert]
     experts = only or ["high", "low"]

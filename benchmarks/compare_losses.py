@@ -16,6 +16,7 @@ more than it moves the curve); the per-step max is printed beside it. Exit 0: wi
     python benchmarks/bench_step.py --all --variants exact,fast --warmup 3 --steps 100 --out OUT
     python benchmarks/compare_losses.py OUT/results.json
     python benchmarks/compare_losses.py OUT/results.json --a exact-lowmem --b fast-lowmem
+    python benchmarks/compare_losses.py OUT-exact/results.json OUT-fast/results.json  # two runs
 """
 
 from __future__ import annotations
@@ -66,13 +67,18 @@ def variant_losses(results: list[dict], name: str) -> list[float] | str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("results", type=Path, help="bench_step's results.json (or partial.json)")
+    p.add_argument(
+        "results",
+        type=Path,
+        nargs="+",
+        help="bench_step's results.json (or partial.json); several: their variants together",
+    )
     p.add_argument("--a", default="exact", help="the reference variant (default: exact)")
     p.add_argument("--b", default="fast", help="the variant judged (default: fast)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE)
     p.add_argument("--skip", type=int, default=0, help="leave out the first N steps")
     args = p.parse_args(argv)
-    results = json.loads(args.results.read_text())["results"]
+    results = [r for path in args.results for r in json.loads(path.read_text())["results"]]
     a, b = variant_losses(results, args.a), variant_losses(results, args.b)
     for missing in (x for x in (a, b) if isinstance(x, str)):
         print(missing, file=sys.stderr)

@@ -49,3 +49,19 @@ def test_a_missing_variant_is_named(results, capsys):
     compare = load_benchmark("compare_losses.py")
     assert compare.main([str(results)]) == 2  # the defaults, exact and fast, did not run
     assert "exact: not in this output (it has: exact-eager, fast-eager)" in capsys.readouterr().err
+
+
+def test_variants_from_two_outputs(results, tmp_path, capsys):
+    """Two bench_step runs (one variant each, say under a per-command time limit) compare
+    as one."""
+    compare = load_benchmark("compare_losses.py")
+    data = json.loads(results.read_text())
+    files = []
+    for r in data["results"]:
+        files.append(tmp_path / f"{r['variant']}.json")
+        files[-1].write_text(json.dumps({**data, "results": [r]}))
+    pair = ["--a", "exact-eager", "--b", "fast-eager", "--tolerance", "0.05"]
+    assert compare.main([str(f) for f in files] + pair) == 0
+    together = capsys.readouterr().out
+    assert compare.main([str(results), *pair]) == 0
+    assert capsys.readouterr().out == together
