@@ -82,6 +82,7 @@ def check_attention(report: DoctorReport, config: RecipeConfig | None) -> None:
 def check_devices(report: DoctorReport, project: Project) -> None:
     """With several GPUs: how `wanlora train` will spread the experts over them."""
     if torch.cuda.device_count() > 1:
+
         experts = list(project.config.experts)
         report.add("Devices", "ok", devices_text(experts, visible_devices()))
 
