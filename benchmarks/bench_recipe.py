@@ -9,13 +9,21 @@ captioned images at 960x960. The project is the wan22-t2v recipe with fewer epoc
 epoch-end sample (its default 30 steps at 960x960) at the last epoch.
 
 Then runs, each as a user's shell would, timing every output line:
-    wanlora cache DIR                    caching: umT5 + VAE over the 18 images
+    wanlora cache DIR [--max-vram N]     caching: umT5 + VAE over the 18 images (umT5 on
+                                         the CPU where it does not fit N GiB)
     wanlora train DIR --restart --overwrite [--max-vram N] [--expert E]
 and reads the run's TensorBoard logs (per-step wall times, sample seconds) to split the
 train command into phases per expert: load (file -> GPU, plan, LoRA), compile + warm-up +
 CUDA-graph capture (to the 4th step), training steps, epoch-end samples, saving. The total
 is projected to the recipe's 100 epochs (1800 steps per expert, no samples: the recipe
 renders none during training) from the warm s/step.
+
+OUT/recipe.json is rewritten (atomically) as each phase ends, and each phase is printed as one
+line when it ends: files written, the cache command, each expert (when the next one starts,
+its logs complete, or when the command ends), then the totals. `status` is "running" until
+the end ("complete"); a run cut by an outer `timeout` (SIGTERM) or Ctrl-C stops the wanlora
+command it runs (which saves its state and closes its logs), records what the expert in
+progress did (marked "cut"), says "cut (SIGTERM)", and keeps every phase it finished.
 
     PYTHONPATH=src python3 benchmarks/bench_recipe.py --dir /tmp/recipe --out OUT --epochs 2
     PYTHONPATH=src python3 benchmarks/bench_recipe.py --dir /tmp/recipe --out OUT --epochs 1 \
@@ -28,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +55,7 @@ RECIPE_EPOCHS = 100
 IMAGES = 18
 WARM_AFTER = 3  # a graphed step's first 3 steps are warm-ups, the 4th is captured
 PROMPT = "flat demo shapes, a red circle on a blue background"
+EXPERT_STARTED = re.compile(r"\b(\w+): CUDA graph ")  # train/setup.py, once per expert
 
 
 def write_pth(path: Path, layout: dict[str, tuple[int, ...]], dtype=torch.bfloat16) -> None:
@@ -168,21 +179,63 @@ def write_project(
     return root
 
 
-def run_timed(args: list[str], log: Path, env: dict) -> tuple[float, list[tuple[float, str]]]:
-    """Run `wanlora ARGS`; (seconds, [(wall time, line)]) with each line's arrival time."""
+class Cut(BaseException):
+    """The bench was told to stop (SIGTERM from an outer timeout, or Ctrl-C)."""
+
+
+class Progress:
+    """OUT/recipe.json, rewritten atomically after each phase: a cut run keeps what it did."""
+
+    def __init__(self, path: Path, **fields):
+        self.path = path
+        self.result: dict = {"status": "running", **fields}
+        self.write()
+
+    def phase(self, key: str, value, line: str | None = None) -> None:
+        self.result[key] = value
+        print(f"phase {key}: {line or value}", flush=True)
+        self.write()
+
+    def write(self) -> None:
+        from wanlora.fsutil import atomic_write_text
+
+        atomic_write_text(self.path, json.dumps(self.result, indent=1))
+
+
+def run_timed(
+    args: list[str], log: Path, env: dict, on_line=None
+) -> tuple[float, list[tuple[float, str]]]:
+    """Run `wanlora ARGS`; (seconds, [(wall time, line)]) with each line's arrival time.
+    `on_line(lines)` sees the list after each line; a Cut stops the command first."""
     cmd = [sys.executable, "-u", "-c", "from wanlora.cli import main; main()", *args]
     start = time.time()
     lines: list[tuple[float, str]] = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                           text=True, bufsize=1) as proc, open(log, "w") as out:  # fmt: skip
-        for line in proc.stdout:
-            lines.append((time.time(), line.rstrip("\n")))
-            out.write(f"{time.time() - start:9.2f} {line}")
-            out.flush()
+        try:
+            for line in proc.stdout:
+                lines.append((time.time(), line.rstrip("\n")))
+                out.write(f"{time.time() - start:9.2f} {line}")
+                out.flush()
+                if on_line is not None:
+                    on_line(lines)
+        except BaseException:
+            stop(proc)
+            raise
     if proc.returncode:
         tail = "\n".join(text for _, text in lines[-30:])
         raise RuntimeError(f"wanlora {' '.join(args)} failed ({proc.returncode}):\n{tail}")
     return time.time() - start, lines
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (wanlora saves its state and exits), SIGKILL after a minute."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def first_line(lines, *needles: str) -> float | None:
@@ -217,30 +270,65 @@ def expert_phases(root: Path, expert: str, lines, after: float) -> dict:
     }
 
 
-def measure(root: Path, device: str, max_vram: float | None, only: list[str] | None, out: Path):
+def measure(
+    root: Path, device: str, max_vram: float | None, only: list[str] | None, out: Path,
+    progress: Progress,
+) -> dict:  # fmt: skip
     env = dict(os.environ, PYTORCH_CUDA_ALLOC_CONF="expandable_segments:True")
-    cache_s, cache_lines = run_timed(["cache", str(root), "--device", device], out / "cache.log", env)
+    vram = ["--max-vram", str(max_vram)] if max_vram else []  # the card's size, for both
+    cache_s, _ = run_timed(["cache", str(root), "--device", device, *vram], out / "cache.log", env)
+    progress.phase("cache_command_s", round(cache_s, 1))
     args = ["train", str(root), "--restart", "--overwrite", "--device", device]
-    args += ["--max-vram", str(max_vram)] if max_vram else []
+    args += vram
     for expert in only or []:
         args += ["--expert", expert]
     experts = only or ["high", "low"]
-    train_start = time.time()
-    train_s, lines = run_timed(args, out / "train.log", env)
-    phases, after = {}, train_start
+    phases: dict[str, dict] = {}
+    progress.result["experts"] = phases
+    started: list[str] = []  # experts in the order their "<expert>: CUDA graph" line came
+    ends = [time.time()]  # when the train command started, then each expert ended
+    seen: list = []
+
+    def record(expert: str, lines, cut: bool = False) -> None:
+        phases[expert] = expert_phases(root, expert, lines, ends[-1])
+        ends.append(phases[expert].pop("end"))
+        phase = phases[expert]
+        if cut:
+            phase["cut"] = True
+        line = f"{expert}: {phase['steps']} steps, {phase['warm_s_per_step']} s/step"
+        progress.phase("experts", phases, line + (" (cut)" if cut else ""))
+
+    def on_line(lines) -> None:
+        """An expert's TensorBoard logs are complete when the next one starts (its loss log
+        closed, its samples flushed): its phases are recorded then."""
+        seen[:] = [lines]
+        started_now = EXPERT_STARTED.search(lines[-1][1])
+        if started_now and started_now.group(1) not in started:
+            for expert in started:
+                if expert not in phases:
+                    record(expert, lines)
+            started.append(started_now.group(1))
+
+    try:
+        train_s, lines = run_timed(args, out / "train.log", env, on_line=on_line)
+    except Cut:  # the command was stopped (its logs closed): what the started experts did
+        for expert in started:
+            if expert not in phases and seen:
+                try:
+                    record(expert, seen[0], cut=True)
+                except Exception as exc:  # noqa: BLE001 - no steps logged yet
+                    progress.phase("experts", phases, f"{expert}: cut before a step ({exc})")
+        raise
     for expert in experts:
-        phases[expert] = expert_phases(root, expert, lines, after)
-        after = phases[expert].pop("end")
+        if expert not in phases:
+            record(expert, lines)
+    progress.phase("train_command_s", round(train_s, 1))
     saved = first_line(lines, "trained") or time.time()
-    result = {
-        "cache_command_s": round(cache_s, 1),
-        "train_command_s": round(train_s, 1),
-        "total_s": round(cache_s + train_s, 1),
-        "after_last_expert_s": round(saved - after, 1),  # saving the LoRA files, the report
-        "experts": phases,
-        "max_vram": max_vram,
-    }
-    result["projected_recipe_min"] = project(result)
+    result = progress.result
+    result["total_s"] = round(cache_s + train_s, 1)
+    result["after_last_expert_s"] = round(saved - ends[-1], 1)  # LoRA files, report
+    result["max_vram"] = max_vram
+    progress.phase("projected_recipe_min", project(result))
     return result
 
 
@@ -281,13 +369,26 @@ def main(argv=None) -> int:
         return 0
     out = args.out or args.dir / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    result = measure(root, args.device, args.max_vram, args.expert, out)
-    result.update(files_written_s=written, epochs=args.epochs, torch=torch.__version__,
-                  device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")  # fmt: skip
-    text = json.dumps(result, indent=1)
-    (out / "recipe.json").write_text(text)
-    print(text)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    progress = Progress(
+        out / "recipe.json", files_written_s=written, epochs=args.epochs,
+        torch=torch.__version__, device=device, max_vram=args.max_vram,
+    )  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _cut)
+    try:
+        measure(root, args.device, args.max_vram, args.expert, out, progress)
+    except (Cut, KeyboardInterrupt) as exc:
+        progress.phase("status", f"cut ({exc.args[0] if exc.args else 'Ctrl-C'})")
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    progress.phase("status", "complete")
+    print(json.dumps(progress.result, indent=1))
     return 0
+
+
+def _cut(signum, _frame) -> None:
+    raise Cut(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

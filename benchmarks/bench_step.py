@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import importlib
 import json
 import os
 import statistics
@@ -401,12 +402,14 @@ def run_variant(
 
 
 def _reference_swap():
-    """benchmarks/reference_swap.py (this script may run as __main__ or be loaded by path)."""
+    return _sibling("reference_swap")
+
+
+def _sibling(name: str) -> types.ModuleType:
+    """benchmarks/NAME.py (this script may run as __main__ or be loaded by path)."""
     if str(Path(__file__).parent) not in sys.path:
         sys.path.insert(0, str(Path(__file__).parent))
-    import reference_swap
-
-    return reference_swap
+    return importlib.import_module(name)
 
 
 def _steps(
@@ -640,6 +643,8 @@ def table(results: list[dict], peaks: dict, flops: dict, ref_s: float = 1.258) -
 
 
 def loss_diffs(results: list[dict]) -> str:
+    """Per-step and mean-loss relative differences of variant pairs (compare_losses.py)."""
+    compare_losses = _sibling("compare_losses")
     by = {r["variant"]: r for r in results if "error" not in r}
     lines = []
     for a, b in [
@@ -657,12 +662,8 @@ def loss_diffs(results: list[dict]) -> str:
         ("reference", "reference-swap16"),
     ]:
         if a in by and b in by:
-            la, lb = torch.tensor(by[a]["losses"]), torch.tensor(by[b]["losses"])
-            rel = (la - lb).abs() / la.abs().clamp(min=1e-12)
-            lines.append(
-                f"loss {b} vs {a}: max rel diff {rel.max():.2e}, mean {rel.mean():.2e} over "
-                f"{len(la)} steps; mean loss {la.mean():.5f} vs {lb.mean():.5f}"
-            )
+            compared = compare_losses.compare(by[a]["losses"], by[b]["losses"])
+            lines.append(compare_losses.describe(a, b, compared))
     return "\n".join(lines)
 
 

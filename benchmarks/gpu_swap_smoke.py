@@ -2,11 +2,15 @@
 
 Writes a tiny DiT (the real key layout, `--layers` blocks) and trains its LoRA for a few
 steps (bf16 autocast forward + backward + AdamW, every block recomputed, fp8 storage) on the
-GPU: once resident, once more resident (the GPU's own run-to-run spread), then with half and
-with all of the blocks streamed from pinned host memory (wanlora.train.speed.block_swap), eager and
-with compiled blocks. Losses and the final LoRA weights are compared bit for bit; the report
-also gives the seconds per step, the peak memory and the bytes copied host->GPU per step.
-Attention runs in SDPA's math kernel so the backward is deterministic.
+GPU: once resident, once more resident (the GPU's own run-to-run spread), then with blocks
+streamed from pinned host memory (wanlora.train.speed.block_swap), eager and with compiled
+blocks: half of them, all of them, and the --max-vram 16 / 12 / 8 GiB modes (issue 23): the
+share of the depth `wanlora train` streams for the 14B recipe at each budget (its plan,
+doctor.memory.plan_for: 12, 24 and 37 of 40 blocks), spread over the tiny model's blocks the
+same way. Losses and the final LoRA weights are compared bit for bit; the report also gives
+the seconds per step, the peak memory and the bytes copied host->GPU per step. Attention runs
+in SDPA's math kernel so the backward is deterministic. gpu_train_smoke.py runs this check too
+(`check`).
 
     python benchmarks/gpu_swap_smoke.py --dir /tmp/swap-smoke            # on a GPU
     python benchmarks/gpu_swap_smoke.py --dir /tmp/swap-smoke --device cpu --layers 4
@@ -85,9 +89,35 @@ def same(a: dict, b: dict) -> tuple[bool, float]:
     return equal, diff
 
 
+BUDGETS_GIB = (16, 12, 8)  # the small-card modes of issue 23
+
+
+def budget_modes(layers: int) -> dict[str, list[int]]:
+    """"16gib" / "12gib" / "8gib" -> the blocks to stream in a `layers`-block model: the share
+    `wanlora train`'s plan streams of the 14B recipe's 40 at that budget, spread alike."""
+    from wanlora.doctor.memory import plan_for
+    from wanlora.recipes import load_recipe
+    from wanlora.train.speed.checkpointing import spread
+    from wanlora.train.speed.memory_plan import WAN_14B
+
+    config = load_recipe("wan22-t2v")
+    modes = {}
+    for gib in BUDGETS_GIB:
+        config.training.max_vram_gb = gib
+        streamed = plan_for(config, WAN_14B, free_bytes=None).blocks_swapped
+        share = max(1, round(streamed * layers / WAN_14B.num_layers))
+        modes[f"{gib}gib"] = spread(min(share, layers), layers)
+    return modes
+
+
+def swap_modes(layers: int) -> dict[str, list[int]]:
+    from wanlora.train.speed.checkpointing import spread
+
+    return {"half": spread(layers // 2, layers), "all": list(range(layers)), **budget_modes(layers)}
+
+
 def run(path: Path, device: torch.device, layers: int, steps: int, compiled: bool) -> dict:
     from wanlora.train.speed.block_swap import BlockSwap
-    from wanlora.train.speed.checkpointing import spread
 
     resident = train(build(path, device, compiled), device, steps)
     repeat = train(build(path, device, compiled), device, steps)
@@ -97,7 +127,7 @@ def run(path: Path, device: torch.device, layers: int, steps: int, compiled: boo
         "resident_peak_gib": resident["peak_gib"],
         "repeat_bit_identical": same(resident, repeat)[0],
     }
-    for label, indices in (("half", spread(layers // 2, layers)), ("all", list(range(layers)))):
+    for label, indices in swap_modes(layers).items():
         model = build(path, device, compiled)
         swap = BlockSwap(model, indices, device)
         result = train(model, device, steps)
@@ -117,9 +147,27 @@ def run(path: Path, device: torch.device, layers: int, steps: int, compiled: boo
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def check(
+    directory: Path, device: torch.device, layers: int = 8, steps: int = 4, compile: str = "auto"
+) -> tuple[dict, bool]:
+    """The whole check (module docstring): (report, every streamed run bit-identical)."""
     from wanlora.models.tiny import write_tiny_dit
 
+    directory.mkdir(parents=True, exist_ok=True)
+    path = write_tiny_dit(directory / "dit.safetensors", num_layers=layers)
+    modes = {"on": [True], "off": [False]}.get(
+        compile, [False, True] if device.type == "cuda" else [False]
+    )
+    report = {"device": str(device), "torch": torch.__version__, "layers": layers, "runs": []}
+    with sdpa_kernel(SDPBackend.MATH):  # a deterministic attention backward
+        for compiled in modes:
+            report["runs"].append(run(path, device, layers, steps, compiled))
+    labels = list(swap_modes(layers))
+    ok = all(r[k]["bit_identical"] for r in report["runs"] for k in labels)
+    return report, ok
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", type=Path, required=True)
     p.add_argument("--device", default="cuda")
@@ -128,19 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto", help="auto (GPU: eager and compiled), on, off")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    args.dir.mkdir(parents=True, exist_ok=True)
-    path = write_tiny_dit(args.dir / "dit.safetensors", num_layers=args.layers)
-    modes = {"on": [True], "off": [False]}.get(
-        args.compile, [False, True] if device.type == "cuda" else [False]
-    )
-    report = {"device": str(device), "torch": torch.__version__, "layers": args.layers, "runs": []}
-    with sdpa_kernel(SDPBackend.MATH):  # a deterministic attention backward
-        for compiled in modes:
-            report["runs"].append(run(path, device, args.layers, args.steps, compiled))
+    report, ok = check(args.dir, device, args.layers, args.steps, args.compile)
     print(json.dumps(report, indent=1))
-    ok = all(r[k]["bit_identical"] for r in report["runs"] for k in ("half", "all"))
     return 0 if ok else 1
-
 
 if __name__ == "__main__":
     sys.exit(main())

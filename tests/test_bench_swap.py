@@ -1,6 +1,7 @@
 """The block-swap benchmarks at tiny dims on the CPU: the swap variants of bench_step give the
 same losses as their resident twins, and gpu_swap_smoke's CPU path finds swapped training
-steps bit-identical."""
+steps bit-identical (half, all, and the 16 / 12 / 8 GiB modes' share of the blocks), also
+when gpu_train_smoke runs it after its demo training."""
 
 from __future__ import annotations
 
@@ -48,3 +49,21 @@ def test_gpu_swap_smoke_runs_on_the_cpu(tmp_path, capsys):
     assert run["half"]["blocks"] == [0, 2] and run["all"]["blocks"] == [0, 1, 2, 3]
     assert run["half"]["bit_identical"] and run["all"]["bit_identical"]
     assert run["all"]["loads"] == 4 + 2 + 2 * 2  # first step fills the ring, then 2 (k - 2)
+    # the 14B plan streams 12, 24 and 37 of 40 blocks at 16 / 12 / 8 GiB: 1, 2, 4 of 4 here
+    modes = {label: run[label]["blocks"] for label in ("16gib", "12gib", "8gib")}
+    assert modes == {"16gib": [0], "12gib": [0, 2], "8gib": [0, 1, 2, 3]}
+    assert all(run[label]["bit_identical"] for label in modes)
+
+
+def test_gpu_train_smoke_runs_tiny_on_the_cpu_with_the_swap_check(tmp_path, capsys):
+    smoke = load_benchmark("gpu_train_smoke.py")
+    args = ["--dir", str(tmp_path), "--device", "cpu", "--tiny", "--modes", "off,off"]
+    assert smoke.main(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n") :])
+    for expert in ("high", "low"):
+        assert report[expert]["bit_identical"]  # eager on the CPU: run to run the same
+        assert len(report[expert]["last_losses"][0]) == 2  # 1 epoch of 2 images
+    (run,) = report["swap"]["runs"]
+    assert report["swap"]["layers"] == 4
+    assert all(run[k]["bit_identical"] for k in ("half", "all", "16gib", "12gib", "8gib"))

@@ -250,3 +250,22 @@ def test_devices_text_says_how_train_spreads_the_experts():
     one_expert = devices_text(["main"], ["cuda:0", "cuda:1"])
     assert "main on cuda:0 (--data-parallel 2: over all of them); cuda:1 unused" in one_expert
     assert devices_text(["high", "low"], ["cuda:0"]).startswith("1 GPU: high then low on cuda:0")
+
+
+def test_cache_row_says_where_caching_runs(project):
+    """The caching phase's need (doctor/caching.py, the rule of cache/placement.py): the
+    11.4 GB text encoder does not fit an 8 GiB card and encodes on the CPU; it fits 24 GiB."""
+    place_registry_files(project)
+    assert check(run_doctor(project), "cache").detail == (
+        "no GPU: the VAE and the text encoder encode on the CPU"
+    )
+    encoder = MODEL_FILES["umt5-xxl-enc-bf16"].approx_bytes / 1e9
+    project.config.training.max_vram_gb = 8
+    small = check(run_doctor(project), "cache")
+    assert small.status == "ok"
+    assert f"text encoder {encoder:.1f} GB on the CPU (slower)" in small.detail
+    assert "GB on the GPU" in small.detail.split(",")[0]  # the VAE
+    assert small.detail.endswith("(8.0 GiB training.max_vram_gb)")
+    project.config.training.max_vram_gb = 24
+    big = check(run_doctor(project), "cache").detail
+    assert f"text encoder {encoder:.1f} GB on the GPU" in big and "CPU" not in big

@@ -3,7 +3,9 @@
 Entries are keyed by content (see keys.py), so unchanged items are reused, changed images or
 captions are recomputed, and entries no item refers to any more are removed. The VAE and the
 text encoder are loaded only when something is missing, one at a time, and freed before
-returning, so the DiT (loaded next by training) never shares memory with them.
+returning, so the DiT (loaded next by training) never shares memory with them. Each runs on
+the cache's device when it fits the card's free memory (or training.max_vram_gb), else on the
+CPU, said in one log line (placement.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .keys import (
     text_key,
     video_sha256,
 )
+from .placement import place_model, report_fallback
 from .store import read_entry, write_entry
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class CacheResult:
     conditionings_computed: int = 0
     conditionings_reused: int = 0
     removed: list[Path] = field(default_factory=list)
+    # "vae" / "text_encoder" -> the device it ran on (placement.py); absent: not loaded
+    devices: dict[str, str] = field(default_factory=dict)
 
 
 def model_paths(project: Project) -> dict[str, Path]:
@@ -101,6 +106,7 @@ def build_cache(
     latents_dir = project.cache_dir / "latents"
     texts_dir = project.cache_dir / "text"
     vae_dtype = project.config.models.vae_dtype
+    max_vram_gb = project.config.training.max_vram_gb  # a user cap counts as the card's size
 
     vae_id = f"{file_fingerprint(_require(paths['vae'], 'VAE', project))}:{vae_dtype}"
     enc_id = ":".join(
@@ -150,11 +156,15 @@ def build_cache(
         missing_conditionings
     )
     if missing_latents or missing_conditionings:
+        placement = place_model(paths["vae"], DTYPES[vae_dtype], device, max_vram_gb)
+        count = len(missing_latents) + len(missing_conditionings)
+        report_fallback("VAE", placement, f"encoding {count} image(s) or clip(s)")
+        result.devices["vae"] = str(placement.device)
         _encode_latents(
             missing_latents,
             paths["vae"],
             DTYPES[vae_dtype],
-            device,
+            placement.device,
             progress,
             project.config.vae_kind,
             conditionings=missing_conditionings,
@@ -169,7 +179,12 @@ def build_cache(
             missing_texts[e.text_path] = e.item.caption
     result.texts_reused = len({e.text_path for e in entries}) - len(missing_texts)
     if missing_texts:
-        _encode_texts(missing_texts, paths["text_encoder"], paths["tokenizer"], device, progress)
+        placement = place_model(paths["text_encoder"], torch.bfloat16, device, max_vram_gb)
+        report_fallback("text encoder", placement, f"encoding {len(missing_texts)} captions")
+        result.devices["text_encoder"] = str(placement.device)
+        _encode_texts(
+            missing_texts, paths["text_encoder"], paths["tokenizer"], placement.device, progress
+        )
         result.texts_computed = len(missing_texts)
 
     result.removed = _remove_stale(

@@ -22,12 +22,19 @@ def _device(name: str | None):
 def cache(
     directory: Path = typer.Argument(Path("."), help="Project folder."),
     device: str = typer.Option(None, help="cuda, cuda:1 or cpu (default: cuda if available)."),
+    max_vram: float = typer.Option(
+        None,
+        "--max-vram",
+        help="GiB of GPU memory to use (training.max_vram_gb; default: the card's free "
+        "memory): a model that does not fit encodes on the CPU.",
+    ),
 ) -> None:
     """Compute (or reuse) latents and text embeddings for every image and caption."""
     from ..cache.build import build_cache
     from ..run.lock import project_lock, remove_leftovers
 
     project = load_project(directory)
+    apply_max_vram(project, max_vram)
     with project_lock(project.root, "cache"):
         remove_leftovers(project.root, project.output_dir, project.cache_dir)
         result = build_cache(project, device=_device(device))
@@ -86,7 +93,9 @@ def train(
     """Check the dataset, compare with the last run (the plan), (re)build caches, train."""
     for flag, given in (("--overwrite", overwrite), ("--restart", restart)):
         if given:  # both once meant a fresh start; a new run is that, keeping the old one
-            err_console.print(f"{flag} is deprecated: it means --new-run now (earlier runs are kept)")
+            err_console.print(
+                f"{flag} is deprecated: it means --new-run now (earlier runs are kept)"
+            )
     new_run = new_run or overwrite or restart
     project = load_project(directory)
     apply_max_vram(project, max_vram)

@@ -17,6 +17,9 @@ Rules, stated once here:
   compile, predicted peak; CUDA-graphed steps or why not, for one process) for
   training.max_vram_gb, else the GPU's free memory; FAIL when even the smallest plan does
   not fit that budget.
+- Cache: where `wanlora cache` will run the VAE and the text encoder (caching.py): on the GPU
+  when each fits its free memory (or training.max_vram_gb) with a margin, else on the CPU
+  (slower); always "ok", it states the caching phase's need.
 - No GPU: a run can start on CPU only when every DiT file is under CPU_MAX_DIT_BYTES (the
   tiny demo models); it is slow but works. Real 14B experts on CPU: FAIL "no GPU".
   Without a project the run judged is the recipe's (14B experts), so no GPU is a FAIL too;
@@ -32,6 +35,7 @@ from __future__ import annotations
 from ..dataset.sources import longest_clip_frames
 from ..errors import WanloraError
 from ..recipes.project import Project
+from .caching import check_cache
 from .machine import (
     check_attention,
     check_devices,
@@ -86,6 +90,7 @@ def run_doctor(project: Project | None) -> DoctorReport:
     need = smallest_need(project.config, shape, frames) if shape else None
     check_gpu(report, need, [size for _, size in dits])
     check_devices(report, project)
+    check_cache(report, project)
     if shape is not None:
         check_plan(report, project.config, shape, max(size for _, size in dits), frames)
     check_disk(report, project)

@@ -94,7 +94,8 @@ def estimate_vram_bytes(config: RecipeConfig, params: float) -> int:
     with gradient checkpointing, every block streamed from host memory) for a DiT of `params`
     parameters (the 14B shape, scaled), at the dataset's resolution and batch size, plus the
     planner's margin. Example: Wan 2.2 recipe (14B, fp8 base, rank 16, 960x960) -> ~7.2 GB.
-    The caching phase (umT5 encoder, ~11 GB in bf16) happens before, on the same device.
+    The caching phase (umT5 encoder, 11.4 GB in bf16) happens before, on the same device
+    when it fits there, else on the CPU (the "cache" row, caching.py).
     """
     return smallest_need(config, dit_shape(Path("unknown.safetensors"), int(params * 2)))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,27 @@ def read_safetensors_header(path: str | Path) -> dict[str, tuple[torch.dtype, tu
             _redownload(path),
         )
     return tensors
+
+
+def loaded_bytes(path: str | Path, dtype: torch.dtype) -> int:
+    """Bytes a model file's tensors take once loaded with floating tensors cast to `dtype`,
+    read from its index, no weights: a safetensors header, or a zip-format .pth memory-mapped
+    (its storages are never touched). An old raw-pickle .pth counts as its file size."""
+    path = Path(path)
+    if looks_like_torch_pickle(path):
+        if not zipfile.is_zipfile(path):
+            return path.stat().st_size
+        shapes = [(t.dtype, tuple(t.shape)) for t in load_torch_state_dict(path).values()]
+    else:
+        shapes = list(read_safetensors_header(path).values())
+    element = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for tensor_dtype, shape in shapes:
+        n = 1
+        for side in shape:
+            n *= side
+        total += n * (element if tensor_dtype.is_floating_point else tensor_dtype.itemsize)
+    return total
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:

@@ -56,8 +56,6 @@ from .ti2v_sample import save_sample as save_ti2v_sample
 
 log = logging.getLogger(__name__)
 
-TEXT_ENCODER_BYTES_ESTIMATE = 12 * GIB  # umT5-xxl in bf16 plus headroom
-
 
 def peak_rss_gib() -> float:
     """This process's peak resident memory so far."""
@@ -297,12 +295,9 @@ class TrainingMonitor:
     def _encode(self) -> None:
         if self._contexts is not None:
             return
-        device = self.device
-        if device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(device)
-            if free < TEXT_ENCODER_BYTES_ESTIMATE:
-                device = torch.device("cpu")
-        encoded = encode_prompts(self.project, [*self.prompts, DEFAULT_NEGATIVE_PROMPT], device)
+        # on the GPU when the encoder fits beside the training model, else the CPU (encode_prompts)
+        prompts = [*self.prompts, DEFAULT_NEGATIVE_PROMPT]
+        encoded = encode_prompts(self.project, prompts, self.device)
         self._contexts, self._negative = encoded[:-1], encoded[-1]
 
     def _compute_dtype(self, expert: str) -> torch.dtype:

@@ -23,12 +23,13 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..cache.build import default_device
+from ..cache.placement import place_model, report_fallback
 from ..device_memory import free_device_memory
 from ..errors import WanloraError
 from ..lora.file import lora_file_settings, read_lora_file
 from ..lora.inject import add_lora, load_lora_state_dict, set_lora_multiplier
 from ..models.dit import infer_dit_info, load_dit
-from ..models.files import read_safetensors_header
+from ..models.files import loaded_bytes
 from ..models.precision import MIXED_PRECISION_DTYPES
 from ..models.registry import resolve_model_path
 from ..models.text_encoder import load_text_encoder, load_tokenizer
@@ -78,11 +79,18 @@ def encode_prompts(
 ) -> list[torch.Tensor]:
     """umT5 embeddings (L_i, dim) per prompt, bf16 on the CPU, encoded as the training cache.
 
-    The encoder is loaded on `device`, used one prompt at a time and freed before returning.
+    The encoder is loaded on `device` when it fits there (the cache's rule, cache/placement.py:
+    the card's free memory now, or training.max_vram_gb), else on the CPU; used one prompt at a
+    time and freed before returning.
     """
     m = project.config.models
     encoder_path = _path(project, m.text_encoder, "text encoder")
     tokenizer_path = _path(project, m.tokenizer, "tokenizer")
+    placement = place_model(
+        encoder_path, torch.bfloat16, device, project.config.training.max_vram_gb
+    )
+    report_fallback("text encoder", placement, f"encoding {len(prompts)} sample prompts")
+    device = placement.device
     encoder = load_text_encoder(
         encoder_path, load_tokenizer(tokenizer_path), dtype=torch.bfloat16, device=device
     )
@@ -114,14 +122,7 @@ def inference_dtype(project: Project, path: Path, device: torch.device) -> torch
 
 def estimated_bytes(path: Path, dtype: torch.dtype) -> int:
     """The size of a DiT loaded in `dtype`, from its header (no weights read)."""
-    element = torch.empty((), dtype=dtype).element_size()
-    total = 0
-    for tensor_dtype, shape in read_safetensors_header(path).values():
-        n = 1
-        for side in shape:
-            n *= side
-        total += n * (element if tensor_dtype.is_floating_point else tensor_dtype.itemsize)
-    return total
+    return loaded_bytes(path, dtype)
 
 
 def attach_lora(model: torch.nn.Module, path: Path, strength: float = 1.0) -> None:
