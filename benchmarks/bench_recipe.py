@@ -258,6 +258,13 @@ def expert_phases(root: Path, expert: str, lines, after: float) -> dict:
     gaps = [b - a for a, b in zip(walls[WARM_AFTER:], walls[WARM_AFTER + 1 :], strict=False)]
     warm = statistics.median(gaps) if gaps else None
     end = max([walls[-1]] + (list(samples.wall_times) if samples else []))
+    # GPU peaks (GiB): each epoch's training (with validation), and the samples' own
+    peaks = {
+        key: max(scalars[tag].values)
+        for key, tag in (("train_peak_gib", "perf/peak_vram_gib"),
+                         ("sample_peak_gib", "perf/sample_peak_vram_gib"))
+        if tag in scalars
+    }  # fmt: skip
     return {
         "steps": len(walls),
         "load_s": round(ready - after, 1),  # file -> device, plan, LoRA, optimiser
@@ -267,6 +274,7 @@ def expert_phases(root: Path, expert: str, lines, after: float) -> dict:
         "samples_s": [round(s, 1) for s in sample_s],
         "end": end,
         "plan_lines": [text for t, text in lines if "speed:" in text and t >= after][:1],
+        **{key: round(value, 2) for key, value in peaks.items()},
     }
 
 
