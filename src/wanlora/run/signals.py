@@ -19,6 +19,15 @@ atomically, so nothing is corrupted, and the last saved state resumes. Workers d
 on a second signal (the parent forwards the terminal's Ctrl-C, which the workers also
 receive themselves); the parent aborts them with SIGKILL.
 
+One signal can arrive twice: GNU `timeout` (and a kill of the process group) sends it to
+the process and again to its group, microseconds apart, often while the first handler is
+still running. A repeat of the same signal is a second signal only once the run has moved
+on (another step reported, another phase) or REPEAT_SECONDS have passed; otherwise it is
+the same request. And if an abort does not end the run (an exception raised at an
+arbitrary point can be swallowed, e.g. by torch.compile's "suppressing" of a failed
+backward compile), the process exits by itself ABORT_GRACE_SECONDS later instead of
+hanging: the lock of a dead process is stale, and every file was written atomically.
+
 `Interrupted` is not a KeyboardInterrupt on purpose: click (under typer) swallows
 KeyboardInterrupt before our CLI could say what was saved and how to resume.
 """
@@ -27,8 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +52,8 @@ log = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number
 STARTING, STEPPING, SAMPLING, RELAYING = "starting", "stepping", "sampling", "relaying"
+REPEAT_SECONDS = 0.5  # a repeat of the first signal sooner, with no progress: the same one
+ABORT_GRACE_SECONDS = 30.0  # an abort that has not ended the run by then exits the process
 
 
 @dataclass(frozen=True)
@@ -159,24 +173,26 @@ def stop_on_signals(*, second_aborts: bool = True) -> Iterator[StopRequest]:
         yield request  # signal handlers can only be set from the main thread
         return
 
+    first: dict = {}  # the first signal: when, and where the run was
+    watchdog: list[threading.Timer] = []
+
     def handle(signum, _frame):
         request.seen.append(signum)
         if request.signum is not None:
+            phase, last = first["at"]
+            same = signum == request.signum and request.phase == phase and request.last is last
+            if same and (first["busy"] or time.monotonic() - first["time"] < REPEAT_SECONDS):
+                return  # one signal delivered twice (`timeout`, a process-group kill)
             if second_aborts:  # the second signal: stop now
+                watchdog.append(_exit_later(EXIT_CODES.get(request.signum, 130)))
                 raise Interrupted(request.signum, aborted=True)
             return
         request.signum = signum
-        if request.phase == STARTING:  # caching or loading: nothing to save yet
-            raise Interrupted(signum)
-        if request.phase == SAMPLING:  # the epoch's state is whole: save it and stop
-            request.phase = STEPPING
-            raise StopTraining(f"stopped by {signal.Signals(signum).name}")
-        if request.phase == STEPPING:
-            log.warning(
-                "%s: stopping after the current step and saving its state "
-                "(press Ctrl-C again to stop at once)",
-                signal.Signals(signum).name,
-            )
+        first.update(time=time.monotonic(), at=(request.phase, request.last), busy=True)
+        try:
+            _first_signal(request, signum)
+        finally:  # where the first one left the run (sampling turns into stepping)
+            first.update(at=(request.phase, request.last), busy=False)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     for s in SIGNALS:
@@ -184,8 +200,39 @@ def stop_on_signals(*, second_aborts: bool = True) -> Iterator[StopRequest]:
     try:
         yield request
     finally:
+        for timer in watchdog:  # the abort reached here: the run ended as it should
+            timer.cancel()
         for s, old in previous.items():
             signal.signal(s, old)
+
+
+def _exit_later(code: int) -> threading.Timer:
+    """A daemon timer that ends the process unless cancelled (an abort that got stuck)."""
+
+    def stuck() -> None:
+        os.write(2, b"wanlora: the abort did not end the run; exiting now\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(ABORT_GRACE_SECONDS, stuck)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _first_signal(request: StopRequest, signum: int) -> None:
+    """What the first signal does in the run's current phase (see the module docstring)."""
+    if request.phase == STARTING:  # caching or loading: nothing to save yet
+        raise Interrupted(signum)
+    if request.phase == SAMPLING:  # the epoch's state is whole: save it and stop
+        request.phase = STEPPING
+        raise StopTraining(f"stopped by {signal.Signals(signum).name}")
+    if request.phase == STEPPING:
+        log.warning(
+            "%s: stopping after the current step and saving its state "
+            "(press Ctrl-C again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
 
 @contextlib.contextmanager
