@@ -48,7 +48,8 @@ def timed(fn, device: torch.device):
 
 
 def run(
-    cfg: dict, device: torch.device, warmup: int, steps: int, items: int, max_vram: float | None
+    cfg: dict, device: torch.device, warmup: int, steps: int, items: int,
+    max_vram: float | None = None,
 ) -> dict:
     from wanlora.lora.inject import add_lora, lora_parameters
     from wanlora.models.precision import grad_scaler

@@ -85,7 +85,7 @@ def test_existing_output_is_not_overwritten(project_dir):
     out = lora_path(project, "low")
     out.parent.mkdir(parents=True)
     out.write_bytes(b"user file")
-    with pytest.raises(WanloraError, match="already exists.*--overwrite"):
+    with pytest.raises(WanloraError, match="already exists.*--new-run"):
         run_expert(project, "low", device=CPU)
     assert out.read_bytes() == b"user file"
 
@@ -132,7 +132,7 @@ def test_resume_refuses_a_changed_dataset(project_dir):
         run_expert(project, "high", device=CPU, on_step=stop)
     caption = project_dir / "dataset" / "demo_00.txt"
     caption.write_text(caption.read_text() + " Changed.")
-    with pytest.raises(WanloraError, match="dataset changed.*--restart"):
+    with pytest.raises(WanloraError, match="dataset changed.*--new-run"):
         run_expert(load_project(project_dir), "high", device=CPU)
     result = run_expert(load_project(project_dir), "high", device=CPU, restart=True)
     assert result.steps == 18

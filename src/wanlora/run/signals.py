@@ -21,9 +21,9 @@ receive themselves); the parent aborts them with SIGKILL.
 
 One signal can arrive twice: GNU `timeout` (and a kill of the process group) sends it to
 the process and again to its group, microseconds apart, often while the first handler is
-still running. A repeat of the same signal is a second signal only once the run has moved
-on (another step reported, another phase) or REPEAT_SECONDS have passed; otherwise it is
-the same request. And if an abort does not end the run (an exception raised at an
+still running. A repeat of the same signal that comes inside the first handler, or in the
+same interrupted frame within REPEAT_SECONDS with the run at the same step and phase, is the
+same request; any other repeat is a second signal. And if an abort does not end the run (an exception raised at an
 arbitrary point can be swallowed, e.g. by torch.compile's "suppressing" of a failed
 backward compile), the process exits by itself ABORT_GRACE_SECONDS later instead of
 hanging: the lock of a dead process is stale, and every file was written atomically.
@@ -176,19 +176,24 @@ def stop_on_signals(*, second_aborts: bool = True) -> Iterator[StopRequest]:
     first: dict = {}  # the first signal: when, and where the run was
     watchdog: list[threading.Timer] = []
 
-    def handle(signum, _frame):
+    def handle(signum, frame):
         request.seen.append(signum)
         if request.signum is not None:
             phase, last = first["at"]
             same = signum == request.signum and request.phase == phase and request.last is last
-            if same and (first["busy"] or time.monotonic() - first["time"] < REPEAT_SECONDS):
+            # a twin arrives inside the first handler, or before the interrupted code went on
+            # (the same frame: a signal sent from another call, e.g. the next micro-batch, is
+            # a second one however soon it comes)
+            soon = frame is first["frame"] and time.monotonic() - first["time"] < REPEAT_SECONDS
+            if same and (first["busy"] or soon):
                 return  # one signal delivered twice (`timeout`, a process-group kill)
             if second_aborts:  # the second signal: stop now
                 watchdog.append(_exit_later(EXIT_CODES.get(request.signum, 130)))
                 raise Interrupted(request.signum, aborted=True)
             return
         request.signum = signum
-        first.update(time=time.monotonic(), at=(request.phase, request.last), busy=True)
+        first.update(time=time.monotonic(), at=(request.phase, request.last), busy=True,
+                     frame=frame)  # fmt: skip
         try:
             _first_signal(request, signum)
         finally:  # where the first one left the run (sampling turns into stepping)
@@ -202,6 +207,7 @@ def stop_on_signals(*, second_aborts: bool = True) -> Iterator[StopRequest]:
     finally:
         for timer in watchdog:  # the abort reached here: the run ended as it should
             timer.cancel()
+        first.clear()  # the interrupted frame, kept for the comparison
         for s, old in previous.items():
             signal.signal(s, old)
 
