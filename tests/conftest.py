@@ -8,6 +8,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One torch (OpenMP) thread in the test processes and the CLI processes they start, set
+# before torch is imported: the tiny models gain nothing from more, and `pytest -n 2` on a
+# 2-core CI machine with each process's default of every core runs 4 spinning threads on 2
+# cores, which made whole training tests several times slower (measured: 4x the CPU time).
+# The spawned training workers set their own share (wanlora.run.workers).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
