@@ -39,3 +39,15 @@ def signal_reference(tmp_path_factory):
     from signal_runs import reference_project
 
     return reference_project(tmp_path_factory.mktemp("signals") / "reference")
+
+
+def pytest_configure(config):
+    """Under `pytest -n 2` each test file runs on one worker (xdist's loadfile, unless
+    --dist is given): the default spreads a file's tests over both workers near the end of
+    the run, and each worker then builds that file's module fixtures (trained projects,
+    caches) again."""
+    given = any(
+        arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args
+    )
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "loadfile"
