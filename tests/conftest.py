@@ -8,6 +8,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One torch (OpenMP) thread in the test processes and the CLI processes they start, set
+# before torch is imported: the tiny models gain nothing from more, and `pytest -n 2` on a
+# 2-core CI machine with each process's default of every core runs 4 spinning threads on 2
+# cores, which made whole training tests several times slower (measured: 4x the CPU time).
+# The spawned training workers set their own share (wanlora.run.workers).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
@@ -32,3 +39,15 @@ def signal_reference(tmp_path_factory):
     from signal_runs import reference_project
 
     return reference_project(tmp_path_factory.mktemp("signals") / "reference")
+
+
+def pytest_configure(config):
+    """Under `pytest -n 2` each test file runs on one worker (xdist's loadfile, unless
+    --dist is given): the default spreads a file's tests over both workers near the end of
+    the run, and each worker then builds that file's module fixtures (trained projects,
+    caches) again."""
+    given = any(
+        arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args
+    )
+    if getattr(config.option, "dist", "no") == "load" and not given:
+        config.option.dist = "loadfile"
