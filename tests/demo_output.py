@@ -13,7 +13,7 @@ TI2V_DEMO = "wanlora demo wanlora-demo-5b --recipe wan22-ti2v-5b"
 # the verdict's words follow the run's length (weak after 1 epoch, clear after 3): its line is
 # checked for its shape only
 VERDICT = re.compile(
-    r"^(high|low|main): (\w+-noise|main) LoRA changes the prediction by [\d.]+% \(\w+\)"
+    r"^(high|low|main): (\w+-noise|main|the) LoRA changes the prediction by [\d.]+% \(\w+\)"
 )
 
 
