@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
+from project_edits import set_training
 from wanlora.cache.build import build_cache
 from wanlora.demo_i2v import I2V_START_IMAGE, create_i2v_demo_project
 from wanlora.lora.file import read_lora_file
@@ -45,13 +45,6 @@ def project_dir(template, tmp_path):
     shutil.copytree(template, tmp_path / "project")
     return tmp_path / "project"
 
-
-def set_training(root: Path, key: str, value: int) -> None:
-    config = root / "wanlora.toml"
-    body = config.read_text(encoding="utf-8")
-    lines = [ln for ln in body.splitlines() if not ln.startswith(f"{key} = ")]
-    body = "\n".join(lines).replace("[training]", f"[training]\n{key} = {value}", 1)
-    config.write_text(body + "\n", encoding="utf-8")
 
 
 def test_the_expert_sees_36_channels_learns_and_samples_from_the_image(project_dir):

@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from project_edits import set_training
 from wanlora.cache.build import build_cache
 from wanlora.dataset.items import load_items
 from wanlora.dataset.order import epoch_batches
@@ -45,18 +46,6 @@ def project_dir(template, tmp_path):
     shutil.copytree(template, target)
     return target
 
-
-def set_training(root, key: str, value: int) -> None:
-    """Set [training] key = value in the project's wanlora.toml."""
-    import re
-
-    config = root / "wanlora.toml"
-    body = config.read_text(encoding="utf-8")
-    if re.search(rf"^{key} = .*$", body, flags=re.M):
-        body = re.sub(rf"^{key} = .*$", f"{key} = {value}", body, flags=re.M)
-    else:
-        body = body.replace("[training]\n", f"[training]\n{key} = {value}\n", 1)
-    config.write_text(body, encoding="utf-8")
 
 
 # --- planning -------------------------------------------------------------------------------

@@ -5,13 +5,12 @@ devices train it data-parallel; the result is the one-process run with twice the
 from __future__ import annotations
 
 import math
-import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
+from project_edits import set_training
 from wanlora.cache.build import build_cache
 from wanlora.demo_ti2v import create_ti2v_demo_project
 from wanlora.lora.file import read_lora_file
@@ -34,15 +33,6 @@ def project_dir(tmp_path_factory):
     build_cache(project, device=torch.device("cpu"))
     return root
 
-
-def set_training(root: Path, key: str, value: int) -> None:
-    config = root / "wanlora.toml"
-    body = config.read_text(encoding="utf-8")
-    if re.search(rf"^{key} = .*$", body, flags=re.M):
-        body = re.sub(rf"^{key} = .*$", f"{key} = {value}", body, flags=re.M)
-    else:
-        body = body.replace("[training]\n", f"[training]\n{key} = {value}\n", 1)
-    config.write_text(body, encoding="utf-8")
 
 
 def test_ti2v_trains_data_parallel_like_one_process(project_dir):
