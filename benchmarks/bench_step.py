@@ -383,14 +383,16 @@ def run_variant(
     run = functools.partial(
         _steps, model, samples, recipe, expert, generator, device, dtype, scaler, optimizer, graphed
     )
+    kinds: list[str] = []
     with attention:
-        times, losses = run(warmup, steps)
+        times, losses = run(warmup, steps, kinds)
         profile_text = _profile_steps(run, device) if profile else None
     result = _summary(name, spec, times, losses, warmup, t0, build_s, weights_gib, device, n_ckpt)
     result["max_vram_gb"] = max_vram_gb
     result["cuda_graph"] = graphed is not None
     result["model"] = recipe.task
     result["frames"], result["tokens"] = frames, tokens
+    result["step_kinds"] = kinds  # TI2V: which steps trained image-to-video (per-token t)
     if profile_text:
         result["profile"] = profile_text
     if plan is not None:
@@ -425,6 +427,7 @@ def _steps(
     graphed,
     warmup,
     steps,
+    kinds: list[str] | None = None,
 ):
     from wanlora.train.speed.text_fold import text_rows
     from wanlora.train.step import step_functions, training_step
@@ -433,6 +436,8 @@ def _steps(
     cuda = device.type == "cuda"
     times, losses = [], []
     for step in range(warmup + steps):
+        if kinds is not None:  # what this step trains: for the memory plan's per-token term
+            kinds.append(_step_kind(samples, [step % len(samples)], recipe, expert, generator))
         # a graphed step's working memory is allocated once, at capture (in the warm-up), and
         # replays allocate nothing: a peak reset after the warm-up would show only the weights
         if cuda and step == warmup and graphed is None:
@@ -457,6 +462,20 @@ def _steps(
         times.append(time.perf_counter() - start)
         losses.append(loss)
     return times, losses
+
+
+def _step_kind(samples, batch, recipe, expert, generator) -> str:
+    """"i2v" when this TI2V step's draws make an image-to-video item (per-token timesteps),
+    else "t2v"; replayed on a copy of the generator, so the step draws the same."""
+    if recipe.task != "ti2v-5B":
+        return "t2v"
+    from wanlora.train.ti2v import draws, image_to_video_items
+
+    replay = torch.Generator("cpu").set_state(generator.get_state())
+    coins = draws(samples, batch, recipe, expert, replay)[2]
+    latent_frames = samples[batch[0]][0].shape[1]
+    i2v = image_to_video_items(coins, latent_frames, recipe.training.ti2v_i2v_share)
+    return "i2v" if bool(i2v.any()) else "t2v"
 
 
 # kernel name fragments -> what the time went to (first match wins)
