@@ -119,6 +119,10 @@ def test_demo_i2v_runs_end_to_end_then_samples_from_the_cli(tmp_path):
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("sample: ")]
     assert [Path(ln).suffix for ln in lines] == [".png", ".mp4"]  # the first frame, the video
     assert len(video_frames(Path(lines[1][len("sample: ") :]))) == 5
+    # the tutorial shows this command's output (its paths relative to the demo's parent)
+    tutorial = (Path(__file__).parents[1] / "docs" / "tutorial.md").read_text(encoding="utf-8")
+    shown = [ln for ln in tutorial.splitlines() if ln.startswith("sample: wanlora-demo-i2v/")]
+    assert [ln.replace(f"{tmp_path}/", "") for ln in lines] == shown
 
 
 def test_init_and_export_musubi_for_i2v(tmp_path):
