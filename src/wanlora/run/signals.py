@@ -23,10 +23,11 @@ One signal can arrive twice: GNU `timeout` (and a kill of the process group) sen
 the process and again to its group, microseconds apart, often while the first handler is
 still running. A repeat of the same signal that comes inside the first handler, or in the
 same interrupted frame within REPEAT_SECONDS with the run at the same step and phase, is the
-same request; any other repeat is a second signal. And if an abort does not end the run (an exception raised at an
-arbitrary point can be swallowed, e.g. by torch.compile's "suppressing" of a failed
-backward compile), the process exits by itself ABORT_GRACE_SECONDS later instead of
-hanging: the lock of a dead process is stale, and every file was written atomically.
+same request; any other repeat is a second signal. And if an abort does not end the run
+(an exception raised at an arbitrary point can be swallowed, e.g. by torch.compile's
+"suppressing" of a failed backward compile), the process exits by itself
+ABORT_GRACE_SECONDS later instead of hanging: the lock of a dead process is stale, and
+every file was written atomically.
 
 `Interrupted` is not a KeyboardInterrupt on purpose: click (under typer) swallows
 KeyboardInterrupt before our CLI could say what was saved and how to resume.
